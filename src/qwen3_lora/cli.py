@@ -1,0 +1,119 @@
+"""The `qwen3-lora` command: a flat map from subcommands to plain functions.
+
+Known, user-fixable errors print one clear message and exit non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from .config import ConfigError, TrainConfig, add_config_arguments, build_config, load_yaml_config
+from .dataset import DataError, load_records
+from .models import ModelSourceError
+from .prompt import TemplateError
+from .tasks import RegistryError, load_registry
+
+USER_ERRORS = (DataError, ConfigError, ModelSourceError, RegistryError, TemplateError)
+log = logging.getLogger("qwen3_lora")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cli_values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    file_values = load_yaml_config(args.config) if args.config else {}
+    config = build_config(file_values, cli_values)
+    result = train(config)
+    print(
+        f"done: {result.optimizer_steps} optimizer steps on {result.train_samples} samples; "
+        f"final train loss {result.final_loss:.4f}; adapter in {result.output_dir}"
+    )
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from .datatools import validate_files
+
+    registry = load_registry(args.tasks)
+    count, problems = validate_files(args.files, registry)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(args.files)} file(s); {count} valid records")
+        return 1
+    print(f"ok: {count} records in {len(args.files)} file(s)")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from .datatools import default_stat_files, describe, format_stats
+    from .models import load_tokenizer
+
+    registry = load_registry(args.tasks)
+    groups = {", ".join(args.files): args.files} if args.files else default_stat_files()
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    for title, files in groups.items():
+        records = load_records(files, registry)
+        print(format_stats(title, describe(records, registry, tokenizer)))
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="LoRA fine-tune a base model on the task data")
+    p.add_argument(
+        "--config", help="YAML config file (e.g. configs/qwen3-0.6b-lora.yaml); flags override it"
+    )
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="validate or describe data files")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    v = data_sub.add_parser("validate", help="report every defect of each file (exit 1 if any)")
+    v.add_argument("files", nargs="+", help="JSONL or alpaca-style JSON files")
+    v.add_argument("--tasks", help="task registry YAML (default: built-in)")
+    v.set_defaults(func=cmd_data_validate)
+    s = data_sub.add_parser("stats", help="per-task counts and token-length percentiles")
+    s.add_argument("files", nargs="*", help="data files (default: the built-in splits)")
+    s.add_argument("--tokenizer", help="tokenizer folder, hub id or 'tiny' for token lengths")
+    s.add_argument("--tasks", help="task registry YAML (default: built-in)")
+    s.set_defaults(func=cmd_data_stats)
+
+
+PARSER_BUILDERS: list[Callable] = [_add_train, _add_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwen3-lora", description="LoRA fine-tuning of Qwen3-0.6B for a data platform"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSER_BUILDERS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Training configuration: a typed dataclass with help text, loaded from YAML and overridden by
+the command line (CLI wins), validated once with every problem reported together."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .models import DEFAULT_BASE_MODEL, PRECISIONS
+
+
+def _f(default: Any, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # Model
+    base_model: str = _f(
+        DEFAULT_BASE_MODEL,
+        "local folder, hub id, or 'tiny' (a random-weight model built locally, for smoke runs)",
+    )
+    hub: str = _f(
+        "huggingface", "where a hub id is fetched from", choices=["huggingface", "modelscope"]
+    )
+    trust_remote_code: bool = _f(False, "run model code shipped with the weights (off by default)")
+    output_dir: str = _f("outputs/qwen3-0.6b-lora", "where the adapter, logs and checkpoints go")
+    # Data
+    data: list[str] = _f([], "extra JSONL/alpaca-JSON training files, added to the built-in split")
+    builtin_data: bool = _f(
+        True, "include the built-in train split (--no-builtin-data: only --data)"
+    )
+    eval_data: list[str] = _f([], "held-out files for eval loss (default: the built-in eval split)")
+    tasks: str | None = _f(None, "task registry YAML (default: the built-in registry)")
+    max_length: int = _f(512, "longest sample in tokens; longer inputs are shortened and reported")
+    # LoRA
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA scaling alpha")
+    lora_dropout: float = _f(0.1, "dropout on the LoRA path")
+    target_modules: list[str] = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "modules that get LoRA adapters",
+    )
+    # Optimisation
+    epochs: float = _f(3.0, "training epochs")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run all epochs)")
+    batch_size: int = _f(2, "per-device batch size")
+    grad_accum: int = _f(4, "gradient accumulation steps")
+    learning_rate: float = _f(2e-4, "peak learning rate")
+    lr_scheduler: str = _f("cosine", "learning-rate schedule (transformers scheduler name)")
+    warmup_ratio: float = _f(0.1, "warmup as a fraction of all optimizer steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    seed: int = _f(42, "random seed (data order, LoRA init, dropout)")
+    # Speed and precision
+    precision: str = _f(
+        "auto", "auto: bf16 where native, fp16 on old GPUs, else fp32", choices=list(PRECISIONS)
+    )
+    gradient_checkpointing: bool = _f(False, "trade speed for memory (costs 25-45%% on CPU)")
+    quantization: str | None = _f(None, "'4bit' for QLoRA (CUDA + bitsandbytes only)")
+    group_by_length: bool = _f(True, "batch samples of similar length to cut padding")
+    loss_on_labels_only: bool = _f(
+        True, "compute the LM head and loss only where labels are supervised (same loss, faster)"
+    )
+    num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    # Logging and checkpoints
+    logging_steps: int = _f(1, "log loss/lr/tokens-per-second every N optimizer steps")
+    save_steps: int = _f(0, "checkpoint every N steps (0: at the end of each epoch)")
+    save_total_limit: int = _f(2, "keep at most this many checkpoints")
+    eval_each_epoch: bool = _f(True, "compute eval loss on the held-out split after each epoch")
+    resume: bool = _f(False, "resume from the last complete checkpoint in output_dir")
+    report_to: list[str] = _f(["tensorboard"], "logging integrations (tensorboard, wandb, none)")
+
+    def validate(self) -> list[str]:
+        """Every problem with the values, not just the first."""
+        problems = []
+        positive = (
+            "max_length",
+            "lora_r",
+            "lora_alpha",
+            "batch_size",
+            "grad_accum",
+            "logging_steps",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            problems.append("epochs must be > 0 (or set max_steps)")
+        if self.precision not in PRECISIONS:
+            problems.append(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.hub not in ("huggingface", "modelscope"):
+            problems.append(f"hub must be huggingface or modelscope, got {self.hub!r}")
+        if self.quantization not in (None, "4bit"):
+            problems.append(f"quantization must be '4bit' or unset, got {self.quantization!r}")
+        if not self.builtin_data and not self.data:
+            problems.append("--no-builtin-data needs at least one --data file")
+        if not self.target_modules:
+            problems.append("target_modules must name at least one module")
+        for path in [*self.data, *self.eval_data, *([self.tasks] if self.tasks else [])]:
+            if not Path(path).is_file():
+                problems.append(f"file not found: {path}")
+        return problems
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(TrainConfig)
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config; unknown keys are an error naming the file and the key."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return doc
+
+
+def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
+    """Defaults < YAML file < command line; then validate everything at once."""
+    values = {**file_values, **cli_values}
+    try:
+        config = TrainConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+    problems = config.validate()
+    if problems:
+        raise ConfigError("invalid training config:\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field; both --dash-case and the spec's --under_score spellings."""
+    types = _field_types()
+    for f in dataclasses.fields(TrainConfig):
+        flags = [f"--{f.name.replace('_', '-')}"]
+        if "_" in f.name:
+            flags.append(f"--{f.name}")
+        hint = str(types[f.name])
+        help_text = f.metadata.get("help", "")
+        common = {"dest": f.name, "default": argparse.SUPPRESS}
+        if hint == "bool":
+            parser.add_argument(
+                *flags, action=argparse.BooleanOptionalAction, help=help_text, **common
+            )
+        elif hint.startswith("list"):
+            parser.add_argument(*flags, nargs="+", metavar="X", help=help_text, **common)
+        else:
+            scalar = {"int": int, "float": float}.get(hint.replace(" | None", ""), str)
+            kwargs = {"type": scalar, "help": f"{help_text} (default: {f.default})"}
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            parser.add_argument(*flags, **kwargs, **common)
