@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny Qwen3 models built locally (never downloaded) and a memorised adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the test session may reach a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A handful of samples covering every task, which the memorised adapter must reproduce.
+MEMORISE = [
+    {"task": "问题场景分类", "input": "数据清洗流程是什么？", "output": "数据平台相关问题"},
+    {"task": "问题场景分类", "input": "今天中午吃什么好", "output": "无关问题"},
+    {"task": "问题类型分类", "input": "帮我把西安市地类图斑发布成服务", "output": "任务处理"},
+    {"task": "问题类型分类", "input": "怎么发布地图服务", "output": "问题回答"},
+    {
+        "task": "问题回答",
+        "input": "数据清洗流程",
+        "output": "先配置清洗规则，再配置清洗方案，最后启动清洗任务。",
+    },
+    {
+        "task": "文件名称提取",
+        "input": "我有一批西安市地类图斑的数据，怎么进行发服务",
+        "output": "西安市地类图斑",
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random-weight Qwen3 with tied embeddings; pad (<|endoftext|>) != eos (<|im_end|>)."""
+    from qwen3_lora.tiny import build_tiny_folder
+
+    return build_tiny_folder(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_pad_eos(tmp_path_factory) -> Path:
+    """The same tiny model whose tokenizer pads with the end-of-turn token (pad == eos)."""
+    from qwen3_lora.tiny import build_tiny_folder
+
+    return build_tiny_folder(tmp_path_factory.mktemp("tiny-qwen3-pad-eos"), pad_is_eos=True)
+
+
+@pytest.fixture(scope="session")
+def memorise_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "memorise.jsonl"
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in MEMORISE), encoding="utf-8"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def memorised_adapter(tmp_path_factory, tiny_model_dir, memorise_file) -> Path:
+    """A LoRA adapter trained on MEMORISE until the tiny model reproduces every answer."""
+    from qwen3_lora.config import TrainConfig
+    from qwen3_lora.train import train
+
+    out = tmp_path_factory.mktemp("memorised")
+    train(
+        TrainConfig(
+            base_model=str(tiny_model_dir),
+            output_dir=str(out),
+            data=[str(memorise_file)],
+            builtin_data=False,
+            eval_data=[str(memorise_file)],
+            eval_each_epoch=False,
+            epochs=60,
+            batch_size=6,
+            grad_accum=1,
+            learning_rate=1e-2,
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            warmup_ratio=0.0,
+            lr_scheduler="constant",
+            precision="fp32",
+            save_steps=1000,
+            save_total_limit=1,
+            report_to=["none"],
+            logging_steps=10,
+        )
+    )
+    return out
