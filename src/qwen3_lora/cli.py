@@ -84,7 +84,49 @@ def _add_data(sub) -> None:
     s.set_defaults(func=cmd_data_stats)
 
 
-PARSER_BUILDERS: list[Callable] = [_add_train, _add_data]
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_adapter
+
+    result = merge_adapter(
+        args.adapter,
+        args.output,
+        base_model=args.base_model,
+        dtype=args.dtype,
+        hub=args.hub,
+        trust_remote_code=args.trust_remote_code,
+        tasks=args.tasks,
+    )
+    tie = "tied" if result.tie_word_embeddings else "untied"
+    print(
+        f"merged into {result.base_model} ({result.dtype}, {tie} embeddings): "
+        f"{result.output_dir} [{', '.join(result.files)}]"
+    )
+    return 0
+
+
+def _add_merge(sub) -> None:
+    from .merge import MERGE_DTYPES
+
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model (plain HF folder)")
+    p.add_argument("--adapter", required=True, help="adapter folder (output_dir of `train`)")
+    p.add_argument("--output", required=True, help="new folder for the merged model")
+    p.add_argument(
+        "--base-model", help="base model folder or hub id (default: from adapter_config.json)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=list(MERGE_DTYPES),
+        help="dtype of the written weights; the merge itself runs in fp32 "
+        "('base': the base model's dtype)",
+    )
+    p.add_argument("--hub", default="huggingface", choices=["huggingface", "modelscope"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a model")
+    p.add_argument("--tasks", help="task registry YAML for the model card (default: built-in)")
+    p.set_defaults(func=cmd_merge)
+
+
+PARSER_BUILDERS: list[Callable] = [_add_train, _add_data, _add_merge]
 
 
 def build_parser() -> argparse.ArgumentParser:

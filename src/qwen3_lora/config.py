@@ -129,6 +129,30 @@ def _field_types() -> dict[str, Any]:
     return get_type_hints(TrainConfig)
 
 
+def _type_name(hint: Any) -> str:
+    """'bool', 'int', 'float', 'str' or 'list' for a field's type hint."""
+    if hint in (bool, int, float, str):
+        return hint.__name__
+    if getattr(hint, "__origin__", None) is list:
+        return "list"
+    args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+    return _type_name(args[0]) if len(args) == 1 else "str"
+
+
+def _check_type(name: str, value: Any, kind: str) -> str | None:
+    """A problem message when `value` does not fit the field's type, else None."""
+    if value is None:
+        return None
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list) and all(isinstance(x, str) for x in value),
+    }[kind]
+    return None if ok else f"{name} must be {kind}, got {value!r}"
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config; unknown keys are an error naming the file and the key."""
     path = Path(path)
@@ -150,6 +174,10 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
 def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
     """Defaults < YAML file < command line; then validate everything at once."""
     values = {**file_values, **cli_values}
+    types = _field_types()
+    wrong = [_check_type(k, v, _type_name(types[k])) for k, v in values.items() if k in types]
+    if any(wrong):
+        raise ConfigError("invalid training config:\n" + "\n".join(f"  - {w}" for w in wrong if w))
     try:
         config = TrainConfig(**values)
     except TypeError as exc:
@@ -167,17 +195,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flags = [f"--{f.name.replace('_', '-')}"]
         if "_" in f.name:
             flags.append(f"--{f.name}")
-        hint = str(types[f.name])
+        hint = _type_name(types[f.name])
         help_text = f.metadata.get("help", "")
         common = {"dest": f.name, "default": argparse.SUPPRESS}
         if hint == "bool":
             parser.add_argument(
                 *flags, action=argparse.BooleanOptionalAction, help=help_text, **common
             )
-        elif hint.startswith("list"):
+        elif hint == "list":
             parser.add_argument(*flags, nargs="+", metavar="X", help=help_text, **common)
         else:
-            scalar = {"int": int, "float": float}.get(hint.replace(" | None", ""), str)
+            scalar = {"int": int, "float": float}.get(hint, str)
             kwargs = {"type": scalar, "help": f"{help_text} (default: {f.default})"}
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]

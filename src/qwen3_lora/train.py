@@ -30,16 +30,23 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token is supervised in at least one row of the batch."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+
+
 def causal_lm_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     num_items: int | torch.Tensor | None = None,
     labels_only: bool = True,
 ) -> torch.Tensor:
-    """Next-token cross-entropy summed over supervised positions / `num_items` (default: their count).
+    """Next-token cross-entropy summed over supervised tokens / `num_items` (default: their count).
 
-    With `labels_only`, the vocabulary projection runs only at supervised positions: prompt and
-    padding positions need no logits. The value equals the model's own loss.
+    With `labels_only`, the vocabulary projection runs only at positions whose next token is
+    supervised (`logits_to_keep` with explicit indices): prompt and padding positions need no
+    logits. The call still goes through the model's own forward, so DDP/FSDP wrappers and
+    autocast see it. The value equals the model's own loss.
     """
     labels = batch["labels"]
     if not labels_only:
@@ -51,15 +58,18 @@ def causal_lm_loss(
             **({"num_items_in_batch": num_items} if num_items is not None else {}),
         )
         return out.loss
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal_lm.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    total = F.cross_entropy(logits, targets[keep], reduction="sum")
-    denominator = keep.sum() if num_items is None else num_items
+    keep = supervised_positions(labels)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        logits_to_keep=keep,
+    ).logits
+    targets = labels[:, keep + 1]
+    total = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    denominator = (targets != IGNORE_INDEX).sum() if num_items is None else num_items
     return total / denominator
 
 
