@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -27,6 +28,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     file_values = load_yaml_config(args.config) if args.config else {}
     config = build_config(file_values, cli_values)
     result = train(config)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(
         f"done: {result.optimizer_steps} optimizer steps on {result.train_samples} samples; "
         f"final train loss {result.final_loss:.4f}; adapter in {result.output_dir}"
@@ -126,7 +129,58 @@ def _add_merge(sub) -> None:
     p.set_defaults(func=cmd_merge)
 
 
-PARSER_BUILDERS: list[Callable] = [_add_train, _add_data, _add_merge]
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import API_KEY_ENV, ServeConfig, read_test_delay_ms, serve
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs the serve extra: pip install 'qwen3-lora[serve]' ({exc})"
+        ) from exc
+    values = {
+        k: v
+        for k, v in vars(args).items()
+        if k in ServeConfig.__dataclass_fields__ and v is not None
+    }
+    values.setdefault("api_key", os.environ.get(API_KEY_ENV) or None)
+    serve(ServeConfig(**values, test_delay_ms=read_test_delay_ms()))
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server (chat completions, task and route endpoints)",
+        argument_default=argparse.SUPPRESS,
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--adapter", help="LoRA adapter folder (base model from its config)")
+    what.add_argument("--model", help="merged or plain model folder, hub id, or 'tiny'")
+    p.add_argument("--base-model", help="with --adapter: override the base model")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto")
+    p.add_argument("--hub", choices=["huggingface", "modelscope"], help="default huggingface")
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a model")
+    p.add_argument("--tasks", help="task registry YAML (default: built-in)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(default: $QWEN3_LORA_API_KEY; none: no auth)",
+    )
+    p.add_argument("--served-model-name", help="model id clients send (default: folder name)")
+    p.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 1 MiB)")
+    p.add_argument("--max-tokens-cap", type=int, help="max_tokens is clamped to this (1024)")
+    p.add_argument("--default-max-tokens", type=int, help="when a request sets none (512)")
+    p.add_argument("--max-context", type=int, help="context limit (default: the model's)")
+    p.add_argument("--max-concurrency", type=int, help="requests running at once (16)")
+    p.add_argument("--max-queue", type=int, help="requests waiting; beyond: 429 (256)")
+    p.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="504 (120 s)")
+    p.add_argument("--batch-window-ms", type=float, help="task requests collected per batch (5)")
+    p.add_argument("--max-batch-size", type=int, help="largest task batch (32)")
+    p.set_defaults(func=cmd_serve)
+
+
+PARSER_BUILDERS: list[Callable] = [_add_train, _add_data, _add_merge, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,8 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Under torchrun/accelerate only the main process talks; the others log warnings and errors.
+    main_process = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=(logging.DEBUG if args.verbose else logging.INFO)
+        if main_process
+        else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

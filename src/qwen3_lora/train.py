@@ -6,9 +6,11 @@ precision handling, tokens/s and a metrics JSONL. Everything else is the Trainer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -91,6 +93,9 @@ class LoraTrainer(Trainer):
         device_type = inputs["input_ids"].device.type
         with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = causal_lm_loss(model, inputs, num_items_in_batch, self.labels_only)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens; DDP averages the gradients again.
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
@@ -130,6 +135,14 @@ class TrainResult:
     optimizer_steps: int
     encode_report: EncodeReport
     final_loss: float | None
+
+
+def sharding_engine() -> str | None:
+    """FSDP or DeepSpeed when `accelerate launch` enabled one, else None."""
+    for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(var, "false").lower() in ("1", "true"):
+            return name
+    return None
 
 
 def _last_complete_checkpoint(folder: Path) -> Path | None:
@@ -226,6 +239,8 @@ def _training_arguments(config: TrainConfig, out: Path, device: torch.device, ha
         fp16=config.precision == "fp16" and device.type == "cuda",
         use_cpu=device.type == "cpu",
         dataloader_num_workers=0,
+        # Every LoRA weight takes part in every step; the search for unused ones only costs time.
+        ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
 
@@ -240,6 +255,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     train_records, eval_records = _load_data(config, registry)
     device = default_device()
     precision = resolve_precision(config.precision, device)
+    engine = sharding_engine()
+    if engine and precision.weight_dtype != torch.float32:
+        # Sharding engines flatten parameters of one dtype: keep base and LoRA both in fp32.
+        log.info("%s: frozen base weights in fp32, compute in %s autocast", engine, precision.name)
+        precision = dataclasses.replace(precision, weight_dtype=torch.float32)
     tokenizer = load_tokenizer(config.base_model, config.hub, config.trust_remote_code)
     train_set, report = encode_records(tokenizer, train_records, config.max_length)
     eval_set, eval_report = encode_records(tokenizer, eval_records, config.max_length)
