@@ -27,6 +27,9 @@ class TrainConfig:
         DEFAULT_BASE_MODEL,
         "local folder, hub id, or 'tiny' (a random-weight model built locally, for smoke runs)",
     )
+    gguf_file: str | None = _f(
+        None, "a .gguf file inside --base-model's folder (or pass the .gguf path as --base-model)"
+    )
     hub: str = _f(
         "huggingface", "where a hub id is fetched from", choices=["huggingface", "modelscope"]
     )
@@ -116,6 +119,13 @@ class TrainConfig:
             if not Path(path).is_file():
                 problems.append(f"file not found: {path}")
         return problems
+
+    @property
+    def base_model_reference(self) -> str:
+        """The base model as models.py opens it: a folder, hub id, `tiny` or a .gguf path."""
+        if self.gguf_file:
+            return str(Path(self.base_model) / self.gguf_file)
+        return self.base_model
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)

@@ -31,11 +31,29 @@ def _how_to_download(name: str, folder: str | None = None) -> str:
     )
 
 
-def resolve_model_source(name: str, hub: str = "huggingface") -> str:
-    """Turn `--base-model` into something `from_pretrained` can open, or explain what to do."""
+@dataclass(frozen=True)
+class ModelSource:
+    """What `from_pretrained` opens: a folder or hub id, and a GGUF file inside it if any."""
+
+    path: str
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model_source(name: str, hub: str = "huggingface") -> ModelSource:
+    """Turn `--base-model` into something `from_pretrained` can open, or explain what to do.
+
+    `name` is a folder, a hub id, `tiny`, or a `.gguf` file (dequantised on load).
+    """
     if name == TINY_NAME:
-        return str(ensure_tiny_folder())
+        return ModelSource(str(ensure_tiny_folder()))
     path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file {name!r} does not exist")
+        return ModelSource(str(path.parent), path.name)
     if path.exists():
         if path.is_dir() and not (path / "config.json").exists():
             raise ModelSourceError(
@@ -43,7 +61,7 @@ def resolve_model_source(name: str, hub: str = "huggingface") -> str:
                 f"folder. Point --base-model at the folder that contains config.json and the "
                 f"*.safetensors files."
             )
-        return str(path)
+        return ModelSource(str(path))
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelSourceError(
             f"model folder {name!r} does not exist.\n{_how_to_download(DEFAULT_BASE_MODEL, name)}"
@@ -56,12 +74,37 @@ def resolve_model_source(name: str, hub: str = "huggingface") -> str:
                 "--hub modelscope needs the modelscope package: pip install 'qwen3-lora[modelscope]'"
             ) from exc
         try:
-            return snapshot_download(name)
+            return ModelSource(snapshot_download(name))
         except Exception as exc:
             raise ModelSourceError(
                 f"cannot fetch {name!r} from ModelScope: {exc}\n{_how_to_download(name)}"
             ) from exc
-    return name
+    return ModelSource(name)
+
+
+def _gguf_failure(name: str, exc: Exception) -> ModelSourceError | None:
+    """A clear error for GGUF loading problems (missing `gguf`, unsupported architecture)."""
+    text = str(exc)
+    if "gguf" in text.lower() and ("install" in text.lower() or isinstance(exc, ImportError)):
+        return ModelSourceError(
+            f"loading {name!r} needs the gguf package: pip install 'qwen3-lora[gguf]'"
+        )
+    if "not supported" in text.lower() and "gguf" in text.lower():
+        return ModelSourceError(
+            f"{name!r}: {text.splitlines()[0]}. transformers' GGUF loader supports llama, "
+            f"mistral, qwen2, qwen3 and a few other architectures; convert the model to a "
+            f"transformers folder instead."
+        )
+    return None
+
+
+def clear_gguf_quantizer(model) -> None:
+    """A dequantised GGUF model still carries the quantizer flag, which makes Trainer refuse to
+    train it and `save_pretrained` refuse to save it; its weights are plain tensors by now."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _hub_failure(name: str, exc: Exception) -> ModelSourceError:
@@ -77,9 +120,13 @@ def load_tokenizer(name: str, hub: str = "huggingface", trust_remote_code: bool 
 
     source = resolve_model_source(name, hub)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, trust_remote_code=trust_remote_code, **source.kwargs()
+        )
     except OSError as exc:
         raise _hub_failure(name, exc) from exc
+    except (ImportError, ValueError) as exc:
+        raise (_gguf_failure(name, exc) or exc) from exc
     if tokenizer.pad_token is None:
         # Padding positions are masked out of both attention and loss, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
@@ -137,14 +184,18 @@ def load_base_model(
 
     source = resolve_model_source(name, hub)
     device = device or default_device()
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code, **source.kwargs()}
     if quantization:
         kwargs["quantization_config"] = _quantization_config(quantization, dtype, device)
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
         raise _hub_failure(name, exc) from exc
+    except (ImportError, ValueError) as exc:
+        raise (_gguf_failure(name, exc) or exc) from exc
+    if source.gguf_file:
+        clear_gguf_quantizer(model)
     if not quantization:
         model.to(device)
     return model

@@ -182,7 +182,7 @@ def _lora_model(config: TrainConfig, precision: Precision, device: torch.device)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = load_base_model(
-        config.base_model,
+        config.base_model_reference,
         dtype=precision.weight_dtype,
         hub=config.hub,
         trust_remote_code=config.trust_remote_code,
@@ -205,7 +205,11 @@ def _lora_model(config: TrainConfig, precision: Precision, device: torch.device)
         task_type="CAUSAL_LM",
     )
     # PEFT keeps adapter weights in fp32 over half-precision base weights (autocast_adapter_dtype).
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    # Record the base as the user named it (a .gguf path, hub id or folder), so that loading the
+    # adapter later finds the same base.
+    model.peft_config["default"].base_model_name_or_path = config.base_model_reference
+    return model
 
 
 def _training_arguments(config: TrainConfig, out: Path, device: torch.device, has_eval: bool):
@@ -260,7 +264,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         # Sharding engines flatten parameters of one dtype: keep base and LoRA both in fp32.
         log.info("%s: frozen base weights in fp32, compute in %s autocast", engine, precision.name)
         precision = dataclasses.replace(precision, weight_dtype=torch.float32)
-    tokenizer = load_tokenizer(config.base_model, config.hub, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.base_model_reference, config.hub, config.trust_remote_code)
     train_set, report = encode_records(tokenizer, train_records, config.max_length)
     eval_set, eval_report = encode_records(tokenizer, eval_records, config.max_length)
     log.info("train: %s", report.summary(config.max_length))

