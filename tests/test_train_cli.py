@@ -181,3 +181,24 @@ def test_missing_weights_give_a_clear_message_not_a_traceback(tmp_path):
         assert "Traceback" not in proc.stderr
         assert "huggingface-cli download Qwen/Qwen3-0.6B" in proc.stderr
         assert "--base-model" in proc.stderr
+
+
+def test_unsupported_setups_fail_with_a_clear_message(tmp_path, tiny_model_dir, capsys):
+    base = ["train", "--base-model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o")]
+    assert main([*base, "--quantization", "4bit"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    assert main([*base, "--precision", "fp16"]) == 2
+    assert "fp16 is unusably slow on CPU" in capsys.readouterr().err
+
+
+def test_modelscope_hub_ids_go_through_snapshot_download(monkeypatch, tiny_model_dir):
+    import types
+
+    from qwen3_lora.models import resolve_model_source
+
+    calls = []
+    fake = types.ModuleType("modelscope")
+    fake.snapshot_download = lambda name: calls.append(name) or str(tiny_model_dir)
+    monkeypatch.setitem(sys.modules, "modelscope", fake)
+    source = resolve_model_source("Qwen/Qwen3-0.6B", hub="modelscope")
+    assert calls == ["Qwen/Qwen3-0.6B"] and source.path == str(tiny_model_dir)

@@ -20,6 +20,10 @@ class ModelSourceError(RuntimeError):
     """The base model cannot be found or fetched; the message says how to get it."""
 
 
+class SetupError(ValueError):
+    """The requested precision/quantization cannot run on this machine or install."""
+
+
 def _how_to_download(name: str, folder: str | None = None) -> str:
     folder = folder or f"./{name.rsplit('/', 1)[-1]}"
     return (
@@ -152,14 +156,14 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """`auto`: bf16 where the hardware does it natively, fp16 on older GPUs, else fp32."""
     if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+        raise SetupError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             name = "bf16" if cpu_supports_bf16() else "fp32"
     if name == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is unusably slow on CPU (~1 GFLOP/s); use bf16 or fp32")
+        raise SetupError("fp16 is unusably slow on CPU (~1 GFLOP/s); use bf16 or fp32")
     if name == "fp32":
         return Precision("fp32", torch.float32, None)
     dtype = torch.bfloat16 if name == "bf16" else torch.float16
@@ -203,13 +207,13 @@ def load_base_model(
 
 def _quantization_config(kind: str, dtype: torch.dtype, device: torch.device):
     if kind != "4bit":
-        raise ValueError(f"--quantization supports only '4bit', not {kind!r}")
+        raise SetupError(f"--quantization supports only '4bit', not {kind!r}")
     if device.type != "cuda":
-        raise ValueError("--quantization 4bit (QLoRA) needs a CUDA GPU with bitsandbytes")
+        raise SetupError("--quantization 4bit (QLoRA) needs a CUDA GPU with bitsandbytes")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise ValueError("QLoRA needs bitsandbytes: pip install 'qwen3-lora[qlora]'") from exc
+        raise SetupError("QLoRA needs bitsandbytes: pip install 'qwen3-lora[qlora]'") from exc
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
