@@ -104,6 +104,10 @@ def _random_adapter(tmp_path, base_dir, **lora) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = get_peft_model(base, config)
+    with torch.no_grad():  # a trained modules_to_save copy differs from the base module
+        for name, param in model.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(0.05 * torch.randn_like(param))
     out = tmp_path / "adapter"
     model.save_pretrained(out)
     return str(out)
@@ -135,15 +139,39 @@ def test_adapter_touching_tied_embeddings_is_merged_untied(tmp_path, tiny_model_
     )
 
 
-def test_merge_in_bf16_writes_bf16_weights(tmp_path, tiny_model_dir):
-    adapter = _random_adapter(tmp_path, tiny_model_dir, target_modules=["q_proj", "v_proj"])
-    merge_adapter(adapter, tmp_path / "merged", dtype="bf16")
+@pytest.mark.parametrize("dtype", ["bf16", "base"])
+def test_merge_writes_weights_in_the_asked_dtype(tmp_path, tiny_model_dir, dtype):
+    base = tiny_model_dir
+    if dtype == "base":  # a bf16 base, like the published Qwen3-0.6B
+        base = tmp_path / "bf16-base"
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(
+            base
+        )
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(base)
+    adapter = _random_adapter(tmp_path, base, target_modules=["q_proj", "v_proj"])
+    merge_adapter(adapter, tmp_path / "merged", dtype=dtype)
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as fh:
-        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}
+        names = list(fh.keys())
+        assert {fh.get_tensor(k).dtype for k in names} == {torch.bfloat16}
 
 
 def test_merge_refuses_a_folder_without_adapter_config(tmp_path, capsys):
-    with pytest.raises(MergeError, match="adapter_config.json"):
+    with pytest.raises(MergeError, match=r"adapter_config\.json"):
         merge_adapter(tmp_path, tmp_path / "out")
     assert main(["merge", "--adapter", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_merged_model_serves_the_memorised_answers(merged_dir):
+    """`serve --model <merged>`: the plain folder answers every task like base + adapter."""
+    from fastapi.testclient import TestClient
+
+    from qwen3_lora.server import ServeConfig, create_app, load_predictor
+
+    config = ServeConfig(model=str(merged_dir), precision="fp32")
+    assert not config.validate()
+    with TestClient(create_app(load_predictor(config), config)) as client:
+        for sample in MEMORISE:
+            body = client.post(f"/v1/tasks/{sample['task']}", json={"input": sample["input"]})
+            assert body.status_code == 200, body.text
+            assert body.json().get("label", body.json().get("answer")) == sample["output"]

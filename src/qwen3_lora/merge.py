@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
-from .models import load_base_model, load_tokenizer
+from .models import load_base_model, load_tokenizer, resolve_model_source
 from .prompt import end_of_turn_token, render_prompt
 from .tasks import load_registry
 
@@ -72,13 +72,22 @@ def _load_adapter_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def _output_dtype(name: str, source_config: dict) -> torch.dtype:
+def _output_dtype(name: str, base_model: str, hub: str, trust_remote_code: bool) -> torch.dtype:
     if name not in MERGE_DTYPES:
         raise MergeError(f"--dtype must be one of {', '.join(MERGE_DTYPES)}, not {name!r}")
     dtype = MERGE_DTYPES[name]
     if dtype is not None:
         return dtype
-    declared = source_config.get("dtype") or source_config.get("torch_dtype") or "float32"
+    from transformers import AutoConfig
+
+    # Read before loading: loading in fp32 rewrites the in-memory config's dtype.
+    source = resolve_model_source(base_model, hub)
+    config = AutoConfig.from_pretrained(
+        source.path, trust_remote_code=trust_remote_code, **source.kwargs()
+    )
+    declared = getattr(config, "dtype", None) or "float32"
+    if isinstance(declared, torch.dtype):
+        return declared
     return getattr(torch, str(declared).removeprefix("torch."), torch.float32)
 
 
@@ -117,7 +126,9 @@ def _touches_embeddings(peft_model) -> list[str]:
         ("input embedding", model.get_input_embeddings()),
         ("output embedding (lm_head)", model.get_output_embeddings()),
     ):
-        if module is not None and (hasattr(module, "base_layer") or hasattr(module, "original_module")):
+        if module is not None and (
+            hasattr(module, "base_layer") or hasattr(module, "original_module")
+        ):
             touched.append(label)
     return touched
 
@@ -239,11 +250,11 @@ def merge_adapter(
     if output.exists() and any(output.iterdir()):
         raise MergeError(f"output folder {output} is not empty; choose a new --output folder")
 
+    out_dtype = _output_dtype(dtype, base_model, hub, trust_remote_code)
     cpu = torch.device("cpu")
     model = load_base_model(
         base_model, torch.float32, hub=hub, trust_remote_code=trust_remote_code, device=cpu
     )
-    out_dtype = _output_dtype(dtype, model.config.to_dict())
     base_tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
     tokenizer = _load_adapter_tokenizer(adapter) or load_tokenizer(
         base_model, hub, trust_remote_code
