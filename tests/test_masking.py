@@ -32,7 +32,7 @@ def _ids(tok, text):
 def test_labels_are_answer_and_end_of_turn_only(tokenizer, task, text, output):
     enc = encode_example(tokenizer, task, text, output)
     prompt_ids = _ids(tokenizer, render_prompt(tokenizer, task, text))
-    answer_ids = _ids(tokenizer, output) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    answer_ids = [*_ids(tokenizer, output), tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert enc.input_ids == prompt_ids + answer_ids
     assert enc.labels == [IGNORE_INDEX] * len(prompt_ids) + answer_ids
     # The prompt is Qwen3's non-thinking generation prefix.

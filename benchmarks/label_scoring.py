@@ -1,0 +1,174 @@
+"""Label-scoring latency against generating the label, on Qwen3-0.6B's architecture.
+
+    OMP_NUM_THREADS=2 python benchmarks/label_scoring.py            # real 0.6B shape, bf16
+    python benchmarks/label_scoring.py --smoke                      # tiny model, seconds
+
+The model has random weights (`qwen3_lora.tiny.build_model`), so it never stops on its own.
+Generation is therefore given exactly the gold label's answer tokens (label + <|im_end|>) as
+its budget: the cost a perfectly trained model pays to generate the label, i.e. the fastest
+generation can be. Both paths go through `Predictor.predict` / `Predictor.generate` on the
+built-in eval split's classification inputs, one input at a time (the router's case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qwen3_lora.dataset import load_builtin
+from qwen3_lora.models import load_tokenizer
+from qwen3_lora.predict import Predictor
+from qwen3_lora.prompt import render_prompt
+from qwen3_lora.scoring import label_answer_ids
+from qwen3_lora.tiny import build_model, build_tokenizer
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _timed(fn) -> tuple[float, object]:
+    began = time.perf_counter()
+    result = fn()
+    return (time.perf_counter() - began) * 1000, result
+
+
+def run(
+    smoke: bool = False,
+    per_task: int = 5,
+    repeats: int = 1,
+    dtype: str = "bf16",
+    min_speedup: float = 3.0,
+    tokenizer_path: str | None = None,
+) -> dict:
+    arch = "tiny" if smoke else "qwen3-0.6b-shape"
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()
+    began = time.perf_counter()
+    model = build_model(tokenizer, arch, dtype=DTYPES[dtype]).eval()
+    build_s = time.perf_counter() - began
+    predictor = Predictor(model, tokenizer, precision=dtype)
+    params = sum(p.numel() for p in model.parameters())
+
+    tasks = [t for t in predictor.registry.tasks if t.is_classification]
+    records = load_builtin("eval", predictor.registry)
+    label_lengths = {
+        t.name: {label: len(label_answer_ids(tokenizer, t.name, label)) for label in t.labels}
+        for t in tasks
+    }
+    print(f"model: {arch} with random weights, {params / 1e6:.0f}M parameters, {dtype}")
+    if tokenizer_path:
+        print(f"tokenizer: {tokenizer_path} (vocab {len(tokenizer)})")
+    else:
+        print(
+            f"tokenizer: the tiny test tokenizer (vocab {len(tokenizer)}), not Qwen3's "
+            "(151,669); it encodes every label as ONE token + <|im_end|>, the case least "
+            "favourable to label scoring: a trained model generates such a label in 2 forward "
+            "passes, label scoring takes 1, so it cannot be much more than 2x faster"
+        )
+    print(f"threads: {torch.get_num_threads()}, model built in {build_s:.1f}s")
+    for name, lengths in label_lengths.items():
+        print(f"  {name} answer tokens per label: {lengths}")
+
+    rows = []
+    for task in tasks:
+        chosen = [r for r in records if r.task == task.name][:per_task]
+        # One untimed call of each path warms up the kernels.
+        predictor.predict(task.name, [chosen[0].input], decode="score")
+        predictor.generate([render_prompt(tokenizer, task.name, chosen[0].input)], max_new_tokens=2)
+        for record in chosen:
+            prompt = render_prompt(tokenizer, task.name, record.input)
+            budget = label_lengths[task.name][record.output]
+            for _ in range(repeats):
+                score_ms, (pred,) = _timed(
+                    lambda r=record, t=task: predictor.predict(t.name, [r.input], decode="score")
+                )
+                gen_ms, _ = _timed(
+                    lambda p=prompt, b=budget: predictor.generate([p], max_new_tokens=b)
+                )
+                assert pred.output in task.labels
+                rows.append(
+                    {
+                        "task": task.name,
+                        "prompt_tokens": len(predictor.prompt_ids(task.name, record.input)),
+                        "label_tokens": budget,
+                        "score_ms": score_ms,
+                        "generate_ms": gen_ms,
+                    }
+                )
+
+    def summary(subset: list[dict]) -> dict:
+        score = statistics.median(r["score_ms"] for r in subset)
+        gen = statistics.median(r["generate_ms"] for r in subset)
+        return {
+            "samples": len(subset),
+            "prompt_tokens_median": statistics.median(r["prompt_tokens"] for r in subset),
+            "score_ms_median": round(score, 2),
+            "generate_ms_median": round(gen, 2),
+            "speedup": round(gen / score, 2),
+        }
+
+    result = {
+        "arch": arch,
+        "dtype": dtype,
+        "parameters": params,
+        "threads": torch.get_num_threads(),
+        "tokenizer": tokenizer_path or f"tiny test tokenizer, vocab {len(tokenizer)}",
+        "label_tokens": label_lengths,
+        "per_task": {t.name: summary([r for r in rows if r["task"] == t.name]) for t in tasks},
+        "overall": summary(rows),
+        "min_speedup": min_speedup,
+    }
+    result["meets_min_speedup"] = result["overall"]["speedup"] >= min_speedup
+    print()
+    print("forward passes per input: label scoring 1; generating the label = its answer tokens")
+    print(f"{'task':<12} {'n':>3} {'prompt tok':>10} {'score ms':>10} {'generate ms':>12} {'x':>6}")
+    for name, s in [*result["per_task"].items(), ("overall", result["overall"])]:
+        print(
+            f"{name:<12} {s['samples']:>3} {s['prompt_tokens_median']:>10} "
+            f"{s['score_ms_median']:>10.1f} {s['generate_ms_median']:>12.1f} {s['speedup']:>6.2f}"
+        )
+    verdict = "meets" if result["meets_min_speedup"] else "DOES NOT meet"
+    print(
+        f"\nlabel scoring is {result['overall']['speedup']:.2f}x faster than generating the "
+        f"label (median per input); {verdict} the {min_speedup:g}x target"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny architecture, fp32, seconds")
+    parser.add_argument("--per-task", type=int, default=5, help="eval inputs per classifier")
+    parser.add_argument("--repeats", type=int, default=1, help="timings per input")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="default bf16 (smoke: fp32)")
+    parser.add_argument("--min-speedup", type=float, default=3.0, help="target ratio")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--tokenizer", help="a local tokenizer folder, e.g. Qwen3-0.6B's (default: the tiny one)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = run(
+        smoke=args.smoke,
+        per_task=2 if args.smoke and args.per_task == 5 else args.per_task,
+        repeats=args.repeats,
+        dtype=args.dtype or ("fp32" if args.smoke else "bf16"),
+        min_speedup=args.min_speedup,
+        tokenizer_path=args.tokenizer,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=2), "utf-8")
+    # A smoke run checks that the benchmark works, not the hardware's speed.
+    return 0 if args.smoke or result["meets_min_speedup"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

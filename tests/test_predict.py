@@ -1,0 +1,227 @@
+"""The predictor: training's rendering, deterministic greedy decoding, batching, the adapter
+switch and the `predict` command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import MEMORISE
+
+from qwen3_lora.cli import main
+from qwen3_lora.encoding import IGNORE_INDEX, encode_example
+from qwen3_lora.predict import Prediction, Predictor, PredictorError
+from qwen3_lora.prompt import render_prompt
+
+GENERATED = [s for s in MEMORISE if s["task"] in ("问题回答", "文件名称提取")]
+CLASSIFIED = [s for s in MEMORISE if s["task"] in ("问题场景分类", "问题类型分类")]
+
+
+@pytest.fixture(scope="module")
+def tuned(memorised_adapter) -> Predictor:
+    return Predictor.load(adapter=str(memorised_adapter), precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir) -> Predictor:
+    return Predictor.load(str(tiny_model_dir), precision="fp32")
+
+
+def test_load_reads_the_base_model_from_the_adapter(tuned, tiny_model_dir):
+    assert tuned.has_adapter
+    assert tuned.base_model == str(tiny_model_dir)
+    assert tuned.context_length == 2048
+    assert tuned.tokenizer.convert_tokens_to_ids("<|im_end|>") in tuned.stop_ids
+
+
+def test_prompt_ids_are_the_prompt_part_of_training_encoding(tuned, monkeypatch):
+    fed = []
+    original = tuned.model.generate
+
+    def spy(**kwargs):
+        for ids, mask in zip(kwargs["input_ids"], kwargs["attention_mask"], strict=True):
+            fed.append(ids[mask.bool()].tolist())
+        return original(**kwargs)
+
+    monkeypatch.setattr(tuned.model, "generate", spy)
+    tuned.predict("文件名称提取", [s["input"] for s in MEMORISE], max_new_tokens=2)
+    for sample, ids in zip(MEMORISE, fed, strict=True):
+        enc = encode_example(tuned.tokenizer, "文件名称提取", sample["input"], "x")
+        prompt = [t for t, y in zip(enc.input_ids, enc.labels, strict=True) if y == IGNORE_INDEX]
+        assert ids == prompt
+        assert tuned.prompt_ids("extract", sample["input"]) == prompt
+
+
+def test_memorised_answers_are_reproduced_by_every_decode(tuned):
+    for sample in MEMORISE:
+        (pred,) = tuned.predict(sample["task"], [sample["input"]], max_new_tokens=40)
+        assert pred.output == sample["output"], sample
+        assert pred.latency_ms > 0
+    for sample in CLASSIFIED:
+        (gen,) = tuned.predict(sample["task"], [sample["input"]], decode="generate")
+        (score,) = tuned.predict(sample["task"], [sample["input"]], decode="score")
+        assert gen.output == score.output == sample["output"]
+        assert gen.probability is None and score.probability > 0.5
+        assert math.isclose(sum(score.scores.values()), 1.0)
+
+
+def test_score_log_likelihoods_equal_the_training_sequence_loss(tuned):
+    sample = CLASSIFIED[0]
+    task = tuned.registry.require(sample["task"])
+    got = tuned.scorer(task.name).log_likelihoods([tuned.prompt_ids(task.name, sample["input"])])
+    for k, label in enumerate(task.labels):
+        enc = encode_example(tuned.tokenizer, task.name, sample["input"], label)
+        with torch.no_grad():
+            out = tuned.model(
+                input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels])
+            )
+        supervised = sum(1 for y in enc.labels if y != IGNORE_INDEX)
+        # The model's loss is the mean NLL over supervised tokens.
+        assert got[0, k].item() == pytest.approx(-out.loss.item() * supervised, abs=1e-4)
+
+
+def test_greedy_decoding_is_deterministic(tuned, base):
+    texts = [s["input"] for s in MEMORISE]
+    first = tuned.predict("问题回答", texts, max_new_tokens=12)
+    again = tuned.predict("问题回答", texts, max_new_tokens=12)
+    assert [p.output for p in again] == [p.output for p in first]
+    prompts = [render_prompt(base.tokenizer, "问题回答", t) for t in texts[:2]]
+    assert base.generate(prompts, max_new_tokens=6) == base.generate(prompts, max_new_tokens=6)
+
+
+def test_batched_generation_equals_one_by_one(tuned):
+    # Different lengths, so the batch is left-padded; tasks mixed through generate().
+    prompts = [render_prompt(tuned.tokenizer, s["task"], s["input"]) for s in MEMORISE]
+    prompts.append(render_prompt(tuned.tokenizer, "问题回答", "数据清洗"))
+    ids = [tuned.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert len({len(i) for i in ids}) > 1
+    batched = tuned._generate_ids(ids, max_new_tokens=24)
+    single = [tuned._generate_ids([i], max_new_tokens=24)[0] for i in ids]
+    assert batched == single
+    assert tuned.generate(prompts, max_new_tokens=24, batch_size=4) == [
+        tuned.generate([p], max_new_tokens=24)[0] for p in prompts
+    ]
+
+
+def test_without_adapter_runs_the_base_weights(tuned, base):
+    texts = [s["input"] for s in MEMORISE]
+    with tuned.without_adapter():
+        off_gen = tuned.predict("文件名称提取", texts, max_new_tokens=12)
+        off_score = tuned.predict("问题场景分类", texts)
+    plain_gen = base.predict("文件名称提取", texts, max_new_tokens=12)
+    plain_score = base.predict("问题场景分类", texts)
+    assert [p.output for p in off_gen] == [p.output for p in plain_gen]
+    for a, b in zip(off_score, plain_score, strict=True):
+        assert a.output == b.output
+        for label, p in a.scores.items():
+            assert p == pytest.approx(b.scores[label], abs=1e-5)
+    # ... and the adapter is back afterwards.
+    (again,) = tuned.predict("文件名称提取", [GENERATED[1]["input"]])
+    assert again.output == GENERATED[1]["output"]
+    with pytest.raises(PredictorError, match="no adapter"), base.without_adapter():
+        pass
+
+
+def test_generated_thinking_is_stripped(base, monkeypatch):
+    tok = base.tokenizer
+    text = "<think>\nlet me see\n</think>\n\n西安市地类图斑"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    monkeypatch.setattr(base, "_generate_ids", lambda ids_, **kw: [ids] * len(ids_))
+    (pred,) = base.predict("文件名称提取", ["x"])
+    assert pred.output == "西安市地类图斑"
+    assert base.chat([{"role": "user", "content": "hi"}], thinking=True) == (
+        "let me see",
+        "西安市地类图斑",
+    )
+    monkeypatch.setattr(
+        base,
+        "_generate_ids",
+        lambda ids_, **kw: [tok("<think>\nstill going", add_special_tokens=False)["input_ids"]],
+    )
+    assert base.chat([{"role": "user", "content": "hi"}], thinking=True) == ("still going", "")
+    assert eot in base.stop_ids
+
+
+def test_stream_yields_the_generated_text(tuned):
+    sample = GENERATED[0]
+    prompt = render_prompt(tuned.tokenizer, sample["task"], sample["input"])
+    deltas = list(tuned.stream(prompt, max_new_tokens=40))
+    assert len(deltas) > 1
+    assert "".join(deltas).strip() == sample["output"]
+
+
+def test_user_errors_are_predictor_errors(base, tmp_path):
+    with pytest.raises(PredictorError, match="unknown task"):
+        base.predict("翻译", ["x"])
+    with pytest.raises(PredictorError, match="only classification"):
+        base.predict("问题回答", ["x"], decode="score")
+    with pytest.raises(PredictorError, match="decode"):
+        base.predict("问题回答", ["x"], decode="beam")
+    with pytest.raises(PredictorError, match="context"):
+        base.predict("问题回答", ["长" * 3000])
+    with pytest.raises(PredictorError, match="does not exist"):
+        Predictor.load(adapter=str(tmp_path / "missing"))
+    with pytest.raises(PredictorError, match=r"neither adapter_config\.json"):
+        Predictor.load(adapter=str(tmp_path))
+
+
+def test_a_full_model_folder_passed_as_adapter_is_a_merged_model(tiny_model_dir, base):
+    merged = Predictor.load(adapter=str(tiny_model_dir), precision="fp32")
+    assert not merged.has_adapter and merged.adapter is None
+    assert merged.base_model == str(tiny_model_dir)
+    texts = [s["input"] for s in CLASSIFIED]
+    assert [p.scores for p in merged.predict("scene", texts)] == [
+        p.scores for p in base.predict("scene", texts)
+    ]
+
+
+def test_prediction_fields_are_the_api_contract(tuned):
+    (pred,) = tuned.predict("scene", [CLASSIFIED[1]["input"]])
+    assert isinstance(pred, Prediction)
+    assert (pred.task, pred.input, pred.output) == (
+        "问题场景分类",
+        CLASSIFIED[1]["input"],
+        "无关问题",
+    )
+    assert set(pred.scores) == {"数据平台相关问题", "通用问题", "无关问题"}
+
+
+def test_cli_predict_texts_and_jsonl(memorised_adapter, tmp_path, capsys):
+    adapter = str(memorised_adapter)
+    sample = GENERATED[1]
+    code = main(
+        [
+            "predict",
+            "--adapter",
+            adapter,
+            "--precision",
+            "fp32",
+            "--task",
+            "文件名称提取",
+            sample["input"],
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip() == sample["output"]
+
+    source = tmp_path / "in.jsonl"
+    rows = [{"id": i, "task": s["task"], "input": s["input"]} for i, s in enumerate(MEMORISE)]
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    target = tmp_path / "out.jsonl"
+    args = ["predict", "--adapter", adapter, "--precision", "fp32", "--input-file", str(source)]
+    assert main([*args, "--output-file", str(target)]) == 0
+    written = [json.loads(line) for line in target.read_text("utf-8").splitlines()]
+    assert [w["id"] for w in written] == list(range(len(MEMORISE)))
+    assert [w["output"] for w in written] == [s["output"] for s in MEMORISE]
+    for w, s in zip(written, MEMORISE, strict=True):
+        assert (w["probability"] is None) == (s in GENERATED)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "x"}\nnot json\n', "utf-8")
+    capsys.readouterr()
+    assert main(["predict", "--adapter", adapter, "--input-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1 [task]" in err and f"{bad}:2" in err
