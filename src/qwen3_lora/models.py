@@ -46,10 +46,13 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
-def resolve_model_source(name: str, hub: str = "huggingface") -> ModelSource:
+def resolve_model_source(
+    name: str, hub: str = "huggingface", marker: str = "config.json"
+) -> ModelSource:
     """Turn `--base-model` into something `from_pretrained` can open, or explain what to do.
 
-    `name` is a folder, a hub id, `tiny`, or a `.gguf` file (dequantised on load).
+    `name` is a folder, a hub id, `tiny`, or a `.gguf` file (dequantised on load). A folder must
+    hold `marker` (config.json for a model, tokenizer_config.json for a tokenizer alone).
     """
     if name == TINY_NAME:
         return ModelSource(str(ensure_tiny_folder()))
@@ -59,7 +62,7 @@ def resolve_model_source(name: str, hub: str = "huggingface") -> ModelSource:
             raise ModelSourceError(f"GGUF file {name!r} does not exist")
         return ModelSource(str(path.parent), path.name)
     if path.exists():
-        if path.is_dir() and not (path / "config.json").exists():
+        if path.is_dir() and not (path / marker).exists() and not (path / "config.json").exists():
             raise ModelSourceError(
                 f"{path} is a folder but holds no config.json: it is not a transformers model "
                 f"folder. Point --base-model at the folder that contains config.json and the "
@@ -122,7 +125,7 @@ def _hub_failure(name: str, exc: Exception) -> ModelSourceError:
 def load_tokenizer(name: str, hub: str = "huggingface", trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    source = resolve_model_source(name, hub)
+    source = resolve_model_source(name, hub, marker="tokenizer_config.json")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source.path, trust_remote_code=trust_remote_code, **source.kwargs()
