@@ -89,3 +89,19 @@ def memorised_adapter(tmp_path_factory, tiny_model_dir, memorise_file) -> Path:
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tuned(memorised_adapter):
+    """A Predictor over the tiny base + the memorised adapter (fp32: tiny models are sensitive)."""
+    from qwen3_lora.predict import Predictor
+
+    return Predictor.load(adapter=str(memorised_adapter), precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def base(tiny_model_dir):
+    """A Predictor over the tiny base model alone."""
+    from qwen3_lora.predict import Predictor
+
+    return Predictor.load(str(tiny_model_dir), precision="fp32")

@@ -12,20 +12,9 @@ import pytest
 from conftest import MEMORISE
 
 from qwen3_lora.interactive import Console, chat, repl, run_suite, run_test
-from qwen3_lora.predict import Predictor
 
 EXTRACT = MEMORISE[5]
 QA = MEMORISE[4]
-
-
-@pytest.fixture(scope="module")
-def tuned(memorised_adapter) -> Predictor:
-    return Predictor.load(adapter=str(memorised_adapter), precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def base(tiny_model_dir) -> Predictor:
-    return Predictor.load(str(tiny_model_dir), precision="fp32")
 
 
 def drive(fn, lines: str, *args, **kwargs) -> tuple[int, str]:

@@ -19,16 +19,6 @@ GENERATED = [s for s in MEMORISE if s["task"] in ("问题回答", "文件名称�
 CLASSIFIED = [s for s in MEMORISE if s["task"] in ("问题场景分类", "问题类型分类")]
 
 
-@pytest.fixture(scope="module")
-def tuned(memorised_adapter) -> Predictor:
-    return Predictor.load(adapter=str(memorised_adapter), precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def base(tiny_model_dir) -> Predictor:
-    return Predictor.load(str(tiny_model_dir), precision="fp32")
-
-
 def test_load_reads_the_base_model_from_the_adapter(tuned, tiny_model_dir):
     assert tuned.has_adapter
     assert tuned.base_model == str(tiny_model_dir)
