@@ -51,6 +51,8 @@ QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<think>", False),
     ("</think>", False),
 )
+# Part of the cache key: bump it when the conversion changes.
+CONVERSION_VERSION = 1
 # The embedding rows of the published Qwen3-0.6B (the tokenizer has 151,669 tokens).
 QWEN3_EMBEDDING_ROWS = 151_936
 
@@ -167,7 +169,7 @@ def load_qwen3_tokenizer(cache: bool = True):
 
     path = tiktoken_file()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cached = _cache_dir() / f"tokenizer-{digest}.json"
+    cached = _cache_dir() / f"tokenizer-v{CONVERSION_VERSION}-{digest}.json"
     if cache and cached.is_file():
         backend = Tokenizer.from_file(str(cached))
     else:

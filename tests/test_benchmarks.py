@@ -1,0 +1,66 @@
+"""The training-speed benchmark, in its smoke form, runs end to end and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_speed", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (path,) = out.glob("*-smoke.json")
+    assert not (out / "LATEST.md").exists(), "a smoke run must not replace the published table"
+    return json.loads(path.read_text("utf-8")), proc.stdout
+
+
+def test_smoke_compares_both_pipelines_on_the_same_samples(smoke):
+    report, _ = smoke
+    spec, ours, subset = report["spec_style"], report["ours"], report["comparison_subset"]
+    # Same samples, same steps: both trained every useful token of the subset once.
+    assert spec["all_useful_tokens"] == ours["all_useful_tokens"] == subset["tokens"]
+    # Spec-style pads every sample to 512; ours pads each batch to its longest sample only.
+    assert spec["all_positions"] == subset["samples"] * 512
+    assert subset["tokens"] <= ours["all_positions"] < spec["all_positions"]
+    assert spec["result"]["optimizer_steps"] == ours["result"]["optimizer_steps"] >= 1
+    for figures in (spec, ours):
+        assert figures["useful_tokens_per_s"] > 0 and figures["windows"] >= 2
+        assert 0 < figures["peak_rss_gb"] < 24
+        assert figures["util_bf16"] > 0 and figures["util_fp32"] > 0
+    assert report["speedup"]["pooled"] > 0
+
+
+def test_smoke_measures_an_epoch_peaks_and_inference(smoke):
+    report, stdout = smoke
+    epoch = report["ours"]["epoch"]
+    assert epoch["complete"] and report["inference"]["adapter"]
+    assert epoch["useful_tokens"] == report["dataset"]["tokens"]  # one full epoch, every token
+    assert report["ours"]["seconds_per_epoch"] == epoch["seconds"] > 0
+    assert report["matmul_peak"]["bf16_gflops"] > 0 and report["matmul_peak"]["fp32_gflops"] > 0
+    inference = report["inference"]
+    for key in ("score_ms_per_query", "generate_ms_per_query", "generate_tokens_per_s"):
+        assert inference[f"{key}_b1"] > 0 and inference[f"{key}_b8"] > 0
+    assert set(report["targets"]) == {"speedup", "util_bf16", "peak_rss_gb", "three_epochs_min"}
+    assert report["load_average_start"] and report["machine"]["torch"]
+    # The Markdown table is printed.
+    assert "| useful (non-pad) tokens/s |" in stdout and "| label scoring, ms per query |" in stdout
