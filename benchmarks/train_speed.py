@@ -156,20 +156,24 @@ class Pacer(TrainerCallback):
         self.conn.send({"event": "ready", "rss": rss_bytes()[0], "since_start": _since_start()})
         self._wait()
 
+    def _send_window(self, **extra):
+        seconds = time.perf_counter() - self.started
+        self.conn.send(
+            {
+                "event": "window",
+                "micro": self.micro,
+                "tokens": self.tokens,
+                "positions": self.positions,
+                "seconds": seconds,
+                "rss": rss_bytes(),
+                **extra,
+            }
+        )
+
     def _micro_end(self):
         self.micro += 1
         if self.micro % self.every == 0:
-            seconds = time.perf_counter() - self.started
-            self.conn.send(
-                {
-                    "event": "window",
-                    "micro": self.micro,
-                    "tokens": self.tokens,
-                    "positions": self.positions,
-                    "seconds": seconds,
-                    "rss": rss_bytes(),
-                }
-            )
+            self._send_window()
             self.tokens = self.positions = 0
             reset_peak_rss()  # each window reports its own peak
             self._wait()
@@ -181,18 +185,7 @@ class Pacer(TrainerCallback):
         self._micro_end()
 
     def on_train_end(self, args, state, control, **kwargs):
-        seconds = time.perf_counter() - self.started
-        self.conn.send(
-            {
-                "event": "window",
-                "micro": self.micro,
-                "tokens": self.tokens,
-                "positions": self.positions,
-                "seconds": seconds,
-                "rss": rss_bytes(),
-                "final": True,
-            }
-        )
+        self._send_window(final=True)
 
 
 def _train_ours(opts: dict, conn) -> dict:
