@@ -2,7 +2,7 @@
 # One command on a fresh machine: create .venv, install torch + qwen3-lora, then train.
 #   bash run.sh                                  # Qwen/Qwen3-0.6B from the hub cache or the hub
 #   bash run.sh --base-model ./Qwen3-0.6B        # weights in a local folder
-#   bash run.sh --base-model tiny                # offline smoke run, no weights needed
+#   bash run.sh --base-model tiny --max-steps 30 # offline smoke run, no weights needed
 # Any `qwen3-lora train` flag may follow. Set TORCH_SPEC to choose another torch build.
 set -euo pipefail
 cd "$(dirname "$0")"
