@@ -2,8 +2,10 @@
 
 - LM head only at supervised positions (`labels_only`) vs the model's own full-logits loss:
   same loss and same gradients (fp32, tight tolerance).
-- bf16 frozen base weights + fp32 LoRA under bf16 autocast vs everything in fp32: same loss
-  within bf16's precision (a loose tolerance, but far tighter than the loss's own spread).
+- bf16 frozen base weights + fp32 LoRA under bf16 autocast (adapter inputs not re-cast) vs
+  everything in fp32: same loss within bf16's precision (a loose tolerance, but far tighter than
+  the loss's own spread).
+- the chunked cross-entropy vs `F.cross_entropy` on fp32 logits: same value and gradient.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from conftest import MEMORISE
 from qwen3_lora.config import TrainConfig
 from qwen3_lora.encoding import PadCollator, encode_example
 from qwen3_lora.models import load_tokenizer, resolve_precision
-from qwen3_lora.train import _lora_model, causal_lm_loss
+from qwen3_lora.train import _lora_model, causal_lm_loss, chunked_cross_entropy
 
 CPU = torch.device("cpu")
 
@@ -85,6 +87,8 @@ def test_bf16_base_with_fp32_lora_matches_fp32(tiny_model_dir):
     # The recipe: frozen base weights in bf16, trainable LoRA weights in fp32.
     dtypes = {(p.requires_grad, p.dtype) for p in fast.parameters()}
     assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+    casting = {m.cast_input_dtype_enabled for m in fast.modules() if hasattr(m, "lora_A")}
+    assert casting == {False}, "under autocast the adapters take their input as it is"
 
     reference = _loss(plain, batch, labels_only=False, autocast=None)
     reference.backward()
@@ -110,3 +114,25 @@ def test_bf16_base_with_fp32_lora_matches_fp32(tiny_model_dir):
         ref = torch.cat([reference_grads[k].flatten() for k in grads])
         assert torch.nn.functional.cosine_similarity(flat, ref, dim=0) > 0.999
         assert (flat - ref).norm() < 0.05 * ref.norm()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_cross_entropy_equals_cross_entropy(dtype, chunk):
+    """The loss that avoids fp32 copies of all logits: same value and same logits gradient."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(45, 300, generator=gen) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 300, (45,), generator=gen)
+    targets[::4] = -100  # ignored positions contribute neither loss nor gradient
+
+    ours = chunked_cross_entropy(logits, targets, chunk)
+    (ours_grad,) = torch.autograd.grad(ours * 0.3, logits)
+    plain = torch.nn.functional.cross_entropy(
+        logits.float(), targets, ignore_index=-100, reduction="sum"
+    )
+    (plain_grad,) = torch.autograd.grad(plain * 0.3, logits)
+
+    assert ours.dtype == torch.float32 and ours_grad.dtype == dtype
+    torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(ours_grad.float(), plain_grad.float(), rtol=1e-5, atol=1e-6)
+    assert ours_grad[::4].abs().sum() == 0

@@ -73,6 +73,14 @@ class TrainConfig:
         True, "compute the LM head and loss only where labels are supervised (same loss, faster)"
     )
     num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    torch_compile: bool = _f(
+        False, "compile the model with torch.compile (inductor); pays a compile time up front"
+    )
+    trim_memory: bool = _f(
+        True,
+        "on CPU, return freed heap pages to the OS after each optimizer step (glibc malloc_trim),"
+        " so that varying batch shapes do not ratchet the resident memory up",
+    )
     # Logging and checkpoints
     logging_steps: int = _f(1, "log loss/lr/tokens-per-second every N optimizer steps")
     save_steps: int = _f(0, "checkpoint every N steps (0: at the end of each epoch)")
