@@ -74,12 +74,12 @@ class TrainConfig:
     )
     num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
     torch_compile: bool = _f(
-        False, "compile the model with torch.compile (inductor); pays a compile time up front"
+        False, "torch.compile the model (inductor): minutes of compiling first, faster steps after"
     )
     trim_memory: bool = _f(
         True,
-        "on CPU, return freed heap pages to the OS after each optimizer step (glibc malloc_trim),"
-        " so that varying batch shapes do not ratchet the resident memory up",
+        "on CPU, return freed heap pages to the OS after each optimizer step (glibc malloc_trim):"
+        " less peak memory (~0.15 GB on the 0.6B shape) for ~5%% of the speed",
     )
     # Logging and checkpoints
     logging_steps: int = _f(1, "log loss/lr/tokens-per-second every N optimizer steps")
