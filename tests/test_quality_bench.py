@@ -66,6 +66,10 @@ def test_smoke_run_writes_the_report(tmp_path):
     assert summary["smoke"] is True
     assert summary["model"]["file"] == BENCH.GGUF_NAME
     assert summary["train"]["optimizer_steps"] == BENCH.SMOKE_RECIPE["max_steps"]
+    # Counted from the records the run trained on, one count per task.
+    data = summary["data"]
+    assert len(data["train_per_task"]) == 4
+    assert sum(data["train_per_task"].values()) == data["train_samples"]
     models = summary["eval_report"]["models"]
     assert set(models) == {"base", "tuned"}
     per_task = BENCH.SMOKE_EVAL_PER_TASK

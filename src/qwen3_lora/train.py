@@ -15,6 +15,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,7 @@ class TrainResult:
     optimizer_steps: int
     encode_report: EncodeReport
     final_loss: float | None
+    train_per_task: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def sharding_engine() -> str | None:
@@ -422,4 +424,5 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         optimizer_steps=result.global_step,
         encode_report=report,
         final_loss=result.training_loss,
+        train_per_task=dict(Counter(r.task for r in train_records)),
     )
