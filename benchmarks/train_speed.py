@@ -52,11 +52,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# OpenMP threads that spin at barriers collapse when another process wants the same cores: on
-# a busy 2-core machine a LoRA step took 50 s instead of 2 s. Passive waiting keeps both
-# pipelines (and this process) fair under load; set before torch loads its OpenMP runtime,
-# and inherited by the workers.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left as the user's runs have it (libgomp's default: spin briefly at
+# each barrier, then sleep): the pipelines take turns, so the waiting one sleeps. On a machine
+# busy with other jobs, spinning threads collapse (a LoRA step took 50 s instead of 2 s): run
+# with OMP_WAIT_POLICY=PASSIVE there, which the report records.
 
 import torch
 from transformers import TrainerCallback
@@ -1031,9 +1030,21 @@ def write_latest(folder: Path, report: dict) -> None:
     (folder / "LATEST.md").write_text(
         f"# Training speed ({report['date'][:10]}, `{report['command']}`)\n\n"
         + markdown(report)
+        + step_profile_section(folder, report["machine"]["host"])
         + ablations_section(folder, report["machine"]["host"]),
         encoding="utf-8",
     )
+
+
+def step_profile_section(folder: Path, host: str) -> str:
+    """This host's newest `benchmarks.step_profile` result, as a section."""
+    from benchmarks.step_profile import markdown as profile_markdown
+
+    found = sorted(folder.glob(f"*-{host}-step-profile.json"), reverse=True)
+    if not found:
+        return ""
+    text = profile_markdown(json.loads(found[0].read_text("utf-8")))
+    return "\n#" + text + f"\n(`{found[0].name}`)\n"
 
 
 def ablations_section(folder: Path, host: str) -> str:
@@ -1055,7 +1066,9 @@ def ablations_section(folder: Path, host: str) -> str:
         parts.append(
             f"\n`{path.name}` ({report['comparison_subset']['samples']} samples, load average "
             f"{report['load_average_start']} -> {report['load_average_end']}, "
-            f"OMP_WAIT_POLICY={report['machine'].get('omp_wait_policy')}):\n\n"
+            f"OMP_WAIT_POLICY={report['machine'].get('omp_wait_policy')})"
+            + (f"; {report['note']}" if report.get("note") else "")
+            + ":\n\n"
             + ablation_markdown(report)
         )
     return "".join(parts)
@@ -1084,6 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: ours against variants of its TrainConfig (e.g. b8:batch_size=8,grad_accum=1)",
     )
     parser.add_argument("--render", type=Path, help="only rewrite LATEST.md from a results JSON")
+    parser.add_argument("--note", help="a line stored with an ablation and shown in LATEST.md")
     args = parser.parse_args(argv)
     if args.render:
         report = json.loads(args.render.read_text("utf-8"))
@@ -1097,6 +1111,8 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = 1
     if args.ablate:
         report = ablate(args)
+        if args.note:
+            report["note"] = args.note
         table = ablation_markdown(report)
         args.out.mkdir(parents=True, exist_ok=True)
         names = "-".join(report["variants"])

@@ -13,15 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("bench")
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m benchmarks.<module> ARGS` from the repository root; fails on a non-zero exit."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.train_speed", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -29,6 +28,13 @@ def smoke(tmp_path_factory) -> tuple[dict, str]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = _run("train_speed", "--smoke", "--out", str(out))
     (path,) = out.glob("*-smoke.json")
     assert not (out / "LATEST.md").exists(), "a smoke run must not replace the published table"
     return json.loads(path.read_text("utf-8")), proc.stdout
@@ -64,3 +70,20 @@ def test_smoke_measures_an_epoch_peaks_and_inference(smoke):
     assert report["load_average_start"] and report["machine"]["torch"]
     # The Markdown table is printed.
     assert "| useful (non-pad) tokens/s |" in stdout and "| label scoring, ms per query |" in stdout
+
+
+def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
+    smoke_args = ["--smoke", "--threads", "1", "--micro-batches", "4"]
+    proc = _run("step_profile", *smoke_args, "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-step-profile-smoke.json")
+    report = json.loads(path.read_text("utf-8"))
+    assert report["micro_batches"] == 4
+    assert 0 < report["useful_tokens"] <= report["positions"]
+    shares = report["shares"]
+    assert set(shares) == {"matmul", "attention", "dropout masks", "other"}
+    assert abs(sum(shares.values()) - 1) < 1e-9 and shares["matmul"] > 0
+    # The default recipe has LoRA dropout: its masks are drawn, and show up as their own kind.
+    assert shares["dropout masks"] > 0
+    assert report["matmul_gflops"] > 0 and report["bf16_peak_gflops"] > 0
+    assert 0 < report["util_bf16"] < report["util_bf16_if_only_matmuls"]
+    assert "| matmul |" in proc.stdout

@@ -6,9 +6,13 @@
   everything in fp32: same loss within bf16's precision (a loose tolerance, but far tighter than
   the loss's own spread).
 - the chunked cross-entropy vs `F.cross_entropy` on fp32 logits: same value and gradient.
+- the LoRA dropout drawn from packed random words vs `nn.Dropout`: the same distribution
+  (independent Bernoulli(p) drops, kept values scaled by 1/(1-p)), same gradient rule.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -17,7 +21,12 @@ from conftest import MEMORISE
 from qwen3_lora.config import TrainConfig
 from qwen3_lora.encoding import PadCollator, encode_example
 from qwen3_lora.models import load_tokenizer, resolve_precision
-from qwen3_lora.train import _lora_model, causal_lm_loss, chunked_cross_entropy
+from qwen3_lora.train import (
+    PackedBitsDropout,
+    _lora_model,
+    causal_lm_loss,
+    chunked_cross_entropy,
+)
 
 CPU = torch.device("cpu")
 
@@ -136,3 +145,52 @@ def test_chunked_cross_entropy_equals_cross_entropy(dtype, chunk):
     torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(ours_grad.float(), plain_grad.float(), rtol=1e-5, atol=1e-6)
     assert ours_grad[::4].abs().sum() == 0
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_packed_bits_dropout_is_inverted_bernoulli_dropout(p):
+    drop = PackedBitsDropout(p).train()
+    rows, cols = 1024, 1027  # not a multiple of 4: the last word is used in part
+    x = torch.rand(rows, cols) + 0.5
+    x.requires_grad_()
+    torch.manual_seed(0)
+    out = drop(x)
+    dropped = out == 0
+    n = dropped.numel()
+    p_eff = round(p * 32768) / 32768
+    assert abs(p_eff - p) < 2e-5
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(dropped.float().mean().item() - p) < 5 * sigma
+    # Each of the four 16-bit slices of a random word drops at the same rate (the top slice
+    # has one bit fewer; masking every slice to 15 bits makes them alike).
+    flat = dropped.flatten()
+    for lane in range(4):
+        rate = flat[lane::4].float().mean().item()
+        assert abs(rate - p) < 5 * sigma * 2, (lane, rate)
+    # Neighbours (same word) and elements a word apart are independent.
+    a = flat.float() - flat.float().mean()
+    for lag in (1, 4):
+        corr = (a[:-lag] * a[lag:]).mean() / a.var()
+        assert abs(corr.item()) < 5 / n**0.5, (lag, corr)
+    # Kept values are scaled so that the expectation is unchanged.
+    kept = ~dropped
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p_eff), rtol=1e-6, atol=0)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p_eff), rtol=1e-6, atol=0)
+    # Same generator as nn.Dropout: a seed repeats the mask, the next call draws a new one.
+    torch.manual_seed(0)
+    again = drop(x.detach())
+    assert torch.equal(again == 0, dropped)
+    assert not torch.equal(drop(x.detach()) == 0, dropped)
+    assert drop.eval()(x) is x
+
+
+def test_training_uses_packed_bits_dropout_on_cpu(tiny_model_dir):
+    config = TrainConfig(base_model=str(tiny_model_dir), lora_dropout=0.1)
+    model = _lora_model(config, resolve_precision("bf16", CPU), CPU)
+    dropouts = [d for m in model.modules() if hasattr(m, "lora_A") for d in m.lora_dropout.values()]
+    assert dropouts and all(type(d) is PackedBitsDropout and d.p == 0.1 for d in dropouts)
+    no_dropout = _lora_model(
+        dataclasses.replace(config, lora_dropout=0.0), resolve_precision("bf16", CPU), CPU
+    )
+    assert not any(isinstance(m, torch.nn.Dropout) for m in no_dropout.modules())

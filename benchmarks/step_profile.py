@@ -1,0 +1,212 @@
+"""Where a training step's time goes, measured with torch.profiler.
+
+    python -m benchmarks.step_profile            # Qwen3-0.6B's shape, ~3 min on 2 cores
+    python -m benchmarks.step_profile --smoke    # tiny model + tiny tokenizer, seconds
+
+Runs forward + backward (no optimizer step) over micro-batches of the built-in train split,
+batched as `qwen3-lora train` batches them by default (pairs of samples of similar length, each
+padded to its longer one), through the training code itself (`train._lora_model`,
+`train.causal_lm_loss`, the run's autocast), and reports:
+
+- the step's time split by kind of op: matmuls (`aten::mm`, `addmm`, `bmm`), attention
+  (scaled-dot-product kernels), dropout masks (random numbers), and everything else
+  (element-wise ops, norms, RoPE, copies, autograd bookkeeping);
+- the matmuls' own throughput (the profiler's FLOP count over their time) against a bf16 matmul
+  peak measured in the same run;
+- FLOP utilisation as `benchmarks.train_speed` counts it (4 x parameters x useful tokens), and the
+  utilisation the step would reach if everything but the matmuls took no time at all.
+
+The micro-batches are picked at evenly spaced points of the split's length distribution, so
+their mix of lengths is the epoch's. Timings come from a pass without the profiler; the shares
+from a second, profiled pass over the same micro-batches. Writes
+benchmarks/results/<date>-<host>-step-profile.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from benchmarks.train_speed import (
+    RESULTS,
+    _build_model_folder,
+    _tokenizer,
+    load_average,
+    matmul_peak,
+)
+
+CATEGORIES = ("matmul", "attention", "dropout masks", "other")
+
+
+def category(op: str) -> str:
+    if op in ("aten::mm", "aten::addmm", "aten::bmm"):
+        return "matmul"
+    if "scaled_dot_product" in op or "flash_attention" in op:
+        return "attention"
+    if op in ("aten::bernoulli_", "aten::random_", "aten::uniform_"):
+        return "dropout masks"
+    return "other"
+
+
+def micro_batches(tokenizer, count: int, batch_size: int, max_length: int) -> list[dict]:
+    """`count` micro-batches of `batch_size` neighbours in length, spread over the split."""
+    from qwen3_lora.dataset import load_builtin
+    from qwen3_lora.encoding import PadCollator, encode_records
+
+    encoded, _ = encode_records(tokenizer, load_builtin("train"), max_length)
+    encoded.sort(key=lambda e: len(e.input_ids))
+    groups = [
+        encoded[i : i + batch_size] for i in range(0, len(encoded) - batch_size + 1, batch_size)
+    ]
+    picks = [groups[round(i * (len(groups) - 1) / max(count - 1, 1))] for i in range(count)]
+    collate = PadCollator(tokenizer.pad_token_id)
+    return [collate([e.as_features() for e in group]) for group in picks]
+
+
+def run(args) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from qwen3_lora.config import TrainConfig
+    from qwen3_lora.models import resolve_precision
+    from qwen3_lora.train import _lora_model, causal_lm_loss
+
+    cpu = torch.device("cpu")
+    tokenizer, tokenizer_info = _tokenizer(args.smoke)
+    config = TrainConfig(base_model="unused")
+    batches = micro_batches(tokenizer, args.micro_batches, config.batch_size, config.max_length)
+    report: dict = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_start": load_average(),
+        "tokenizer": tokenizer_info,
+    }
+    tmp = tempfile.mkdtemp(prefix="step-profile-")
+    try:
+        arch = "tiny" if args.smoke else "qwen3-0.6b-shape"
+        report["model"] = _build_model_folder(tokenizer, arch, Path(tmp))
+        config = TrainConfig(base_model=tmp)
+        precision = resolve_precision(config.precision, cpu)
+        model = _lora_model(config, precision, cpu).train()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dtype = precision.autocast_dtype
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = causal_lm_loss(model, batch)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    for batch in batches[:2]:
+        step(batch)  # warm-up: first-call allocations and kernel selection
+    began = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    seconds = time.perf_counter() - began
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for batch in batches:
+            step(batch)
+
+    shares = dict.fromkeys(CATEGORIES, 0.0)
+    ops = []
+    matmul_flops = 0
+    for event in prof.key_averages():
+        self_s = event.self_cpu_time_total / 1e6
+        kind = category(event.key)
+        shares[kind] += self_s
+        if kind == "matmul":
+            matmul_flops += event.flops
+        ops.append((event.key, self_s, event.count))
+    profiled = sum(shares.values())
+    ops.sort(key=lambda op: -op[1])
+    peak = max(matmul_peak(torch.bfloat16, 2048, 2.0) for _ in range(2))
+
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    positions = sum(b["input_ids"].numel() for b in batches)
+    params = report["model"]["params"]
+    counted = 4 * params * tokens
+    matmul_s = shares["matmul"] / profiled * seconds
+    report.update(
+        micro_batches=len(batches),
+        useful_tokens=tokens,
+        positions=positions,
+        seconds=seconds,
+        tokens_per_s=tokens / seconds,
+        bf16_peak_gflops=peak,
+        shares={k: v / profiled for k, v in shares.items()},
+        top_ops=[{"op": k, "share": s / profiled, "calls": n} for k, s, n in ops[:15]],
+        matmul_gflops=matmul_flops / shares["matmul"] / 1e9,
+        matmul_flops_vs_counted=matmul_flops / counted,
+        util_bf16=counted / seconds / (peak * 1e9),
+        util_bf16_if_only_matmuls=counted / matmul_s / (peak * 1e9),
+        load_average_end=load_average(),
+    )
+    return report
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        f"# Where a training step's time goes ({r['date'][:10]}, `python -m benchmarks.step_profile`)",
+        "",
+        f"{r['model']['arch']}, {r['model']['params'] / 1e6:.1f}M parameters; {r['threads']} torch "
+        f"threads, OMP_WAIT_POLICY={r['omp_wait_policy']}; {r['micro_batches']} micro-batches of the "
+        f"built-in train split ({r['useful_tokens']} useful tokens in {r['positions']} positions), "
+        f"forward + backward in {r['seconds']:.2f} s ({r['tokens_per_s']:.1f} useful tokens/s); "
+        f"bf16 matmul peak {r['bf16_peak_gflops']:.0f} GFLOP/s. Load average "
+        f"{r['load_average_start']} -> {r['load_average_end']}.",
+        "",
+        "| kind of op | share of the step |",
+        "|---|---|",
+        *(f"| {k} | {v:.1%} |" for k, v in r["shares"].items()),
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| matmuls' own throughput | {r['matmul_gflops']:.0f} GFLOP/s "
+        f"({r['matmul_gflops'] / r['bf16_peak_gflops']:.1%} of peak) |",
+        f"| matmul FLOPs done / 4 x params x tokens | {r['matmul_flops_vs_counted']:.2f} |",
+        f"| FLOP utilisation (4 x params x tokens) | {r['util_bf16']:.1%} |",
+        f"| same if all but the matmuls took no time | {r['util_bf16_if_only_matmuls']:.1%} |",
+        "",
+        "Top ops by own time: "
+        + ", ".join(f"{o['op']} {o['share']:.1%}" for o in r["top_ops"][:8])
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny model + tokenizer (seconds)")
+    parser.add_argument("--micro-batches", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "-smoke" if args.smoke else ""
+    path = args.out / f"{report['date'][:10]}-{report['host']}-step-profile{suffix}.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(markdown(report))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
