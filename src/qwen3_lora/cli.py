@@ -211,8 +211,10 @@ def _add_decode_arguments(p, max_new_tokens: int = 128) -> None:
     p.add_argument(
         "--decode",
         default="auto",
-        choices=["auto", "generate", "score"],
-        help="auto: label scoring for classification tasks, greedy generation otherwise",
+        choices=["auto", "generate", "score", "span"],
+        help="auto: label scoring for classification tasks, greedy generation within the "
+        "input's spans for extraction tasks, greedy generation otherwise; generate: free "
+        "greedy generation for every task",
     )
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass")

@@ -1,7 +1,8 @@
 """`qwen3-lora eval`: score a model on held-out data, per task, and write the reports.
 
-Decoding is deterministic: label scoring for classification (or greedy generation with
-`decode="generate"`), greedy generation for the other tasks. With `compare_base` the same data
+Decoding is deterministic: label scoring for classification, greedy generation kept within
+the input's spans for extraction (`qwen3_lora.spans`), greedy generation for the other tasks;
+`decode="generate"` makes every task free greedy generation. With `compare_base` the same data
 is run with the adapter switched off (PEFT's `disable_adapter()`), so base and tuned numbers
 come from one set of base weights, side by side.
 
@@ -187,8 +188,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"- model: `{report['base_model']}`{adapter} ({report['precision']})",
         f"- data: {report['data']} ({report['samples']} samples)",
-        f"- decode: {report['decode']} (classification by label scoring unless `generate`; "
-        f"greedy generation otherwise, at most {report['max_new_tokens']} new tokens)",
+        f"- decode: {report['decode']} (unless `generate`: classification by label scoring, "
+        f"extraction greedy within the input's spans; greedy generation otherwise, at most "
+        f"{report['max_new_tokens']} new tokens)",
         "- texts are compared after full-width→half-width and stripping surrounding "
         "whitespace/punctuation",
         "",

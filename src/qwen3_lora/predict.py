@@ -33,7 +33,7 @@ from .prompt import (
 from .scoring import LabelScorer
 from .tasks import Task, TaskRegistry, load_registry
 
-DECODES = ("auto", "generate", "score")
+DECODES = ("auto", "generate", "score", "span")
 ADAPTER_CONFIG = "adapter_config.json"
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class Predictor:
         stops += configured if isinstance(configured, list) else [configured]
         self.stop_ids = list(dict.fromkeys(t for t in stops if t is not None))
         self._scorers: dict[str, LabelScorer] = {}
+        self._token_bytes: list[bytes | None] | None = None
 
     @classmethod
     def load(
@@ -240,12 +241,13 @@ class Predictor:
         batch_size: int = 8,
     ) -> list[Prediction]:
         """Answer `task` for each text. decode "auto": label scoring for classification tasks,
-        generation otherwise; "score" or "generate" force one."""
+        greedy generation within the input's spans for extraction tasks (`spans`), free greedy
+        generation otherwise; "score", "span" or "generate" force one."""
         if decode not in DECODES:
             raise PredictorError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
         spec = self.task_spec(task)
         if decode == "auto":
-            decode = "score" if spec.is_classification else "generate"
+            decode = {"classification": "score", "extraction": "span"}.get(spec.kind, "generate")
         scorer = self.scorer(spec.name) if decode == "score" else None
         results: list[Prediction] = []
         for start in range(0, len(texts), max(1, batch_size)):
@@ -257,7 +259,8 @@ class Predictor:
                 answers = scorer.score(ids)
                 outputs = [(a.label, a.probability, a.probabilities) for a in answers]
             else:
-                raw = self._generate_ids(ids, max_new_tokens=max_new_tokens)
+                sources = batch if decode == "span" else None
+                raw = self._generate_ids(ids, max_new_tokens=max_new_tokens, spans_of=sources)
                 outputs = [(strip_thinking(self._decode(r)), None, None) for r in raw]
             each = (time.perf_counter() - began) * 1000 / len(batch)
             results += [
@@ -335,18 +338,32 @@ class Predictor:
         temperature: float = 0.0,
         top_p: float = 1.0,
         stop_at_eot: bool = True,
+        spans_of: list[str] | None = None,
     ) -> list[list[int]]:
-        """New token ids of each prompt, generated as one left-padded batch, cut at the stop."""
+        """New token ids of each prompt, generated as one left-padded batch, cut at the stop.
+
+        With `spans_of` (one text per prompt), each answer is kept a substring of its text.
+        """
         width = max(len(i) for i in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for row, seq in enumerate(ids):
             input_ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
+        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, stop_at_eot)
+        if spans_of is not None:
+            from transformers import LogitsProcessorList
+
+            from .spans import SpanLogitsProcessor, token_bytes
+
+            if self._token_bytes is None:
+                self._token_bytes = token_bytes(self.tokenizer)
+            constraint = SpanLogitsProcessor(self._token_bytes, spans_of, width, self.stop_ids)
+            kwargs["logits_processor"] = LogitsProcessorList([constraint])
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
-            **self._generation_kwargs(max_new_tokens, temperature, top_p, stop_at_eot),
+            **kwargs,
         )
         results = []
         for row in out[:, width:].tolist():
@@ -468,8 +485,11 @@ def predict_rows(
     results: list[dict] = [{} for _ in rows]
     for task, indices in by_task.items():
         spec_decode = decode
-        if decode == "score" and not predictor.task_spec(task).is_classification:
-            spec_decode = "generate"
+        kind = predictor.task_spec(task).kind
+        if (decode == "score" and kind != "classification") or (
+            decode == "span" and kind != "extraction"
+        ):
+            spec_decode = "auto"
         predictions = predictor.predict(
             task,
             [rows[i]["input"] for i in indices],

@@ -86,7 +86,7 @@ def load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     chars = list(printable)
@@ -107,7 +107,7 @@ def ranks_to_vocab_merges(
     A token of rank r is produced by merging two lower-ranked tokens; ordering merges by the
     rank of their result makes BPE apply them in tiktoken's order.
     """
-    byte_map = _bytes_to_unicode()
+    byte_map = bytes_to_unicode()
 
     def text(b: bytes) -> str:
         return "".join(byte_map[x] for x in b)
