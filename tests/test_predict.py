@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -215,3 +216,24 @@ def test_cli_predict_texts_and_jsonl(memorised_adapter, tmp_path, capsys):
     assert main(["predict", "--adapter", adapter, "--input-file", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:1 [task]" in err and f"{bad}:2" in err
+
+
+def test_closing_a_stream_stops_the_generation(base, monkeypatch):
+    """A client that goes away must not leave the model generating to max_new_tokens."""
+    steps = []
+    original = base.model.forward
+
+    def counting_forward(*args, **kwargs):
+        steps.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(base.model, "forward", counting_forward)
+    prompt = "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    # A random-weight model may stop at once; forbid the stop tokens so it would run 200 steps.
+    monkeypatch.setattr(base, "stop_ids", [])
+    pieces = base.stream(prompt, max_new_tokens=200)
+    next(pieces)
+    pieces.close()  # what the server does when the client disconnects
+    stopped_at = len(steps)
+    time.sleep(0.5)  # a generation left running would go on stepping meanwhile
+    assert len(steps) == stopped_at < 50, (stopped_at, len(steps))

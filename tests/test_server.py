@@ -324,3 +324,38 @@ def test_load_concurrent_task_requests_all_correct(server):
         f"({LOAD_REQUESTS / wall:.1f} req/s); latency ms p50 {q[49]:.0f}, p90 {q[89]:.0f}, "
         f"p99 {q[98]:.0f}, max {latencies[-1]:.0f}; largest batch {max(batches)}"
     )
+
+
+def test_a_stream_left_early_closes_its_producer_and_frees_the_slot():
+    """A client that goes away stops the generation (the producer is closed), and the model
+    slot comes back only once the producer has ended."""
+    from qwen3_lora.server import ModelRunner, ServeConfig
+
+    produced, closed = [], []
+
+    def pieces():
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                time.sleep(0.001)
+                yield str(i)
+        finally:
+            closed.append(len(produced))
+
+    async def scenario():
+        runner = ModelRunner(None, ServeConfig(max_concurrency=1, max_queue=0))
+        runner.start()
+        try:
+            stream = runner.stream(pieces)
+            assert await stream.__anext__() == "0"
+            await stream.aclose()  # the client disconnected
+            for _ in range(200):  # the producer notices at its next piece
+                if runner._slots._value == 1:
+                    break
+                await asyncio.sleep(0.01)
+            return runner._slots._value
+        finally:
+            runner.stop()
+
+    assert asyncio.run(scenario()) == 1
+    assert closed and closed[0] < 10_000 and len(produced) == closed[0]

@@ -385,13 +385,26 @@ class Predictor:
         temperature: float = 0.0,
         top_p: float = 1.0,
     ) -> Iterator[str]:
-        """Yield the text deltas of one rendered prompt's continuation as they are generated."""
-        from transformers import TextIteratorStreamer
+        """Yield the text deltas of one rendered prompt's continuation as they are generated.
+
+        Closing the iterator early (`close()`, or dropping it) stops the generation at its next
+        token and waits until it has stopped.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         self._check_length(ids.tolist(), max_new_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, True)
+        cancelled = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_) -> torch.BoolTensor:
+                return torch.full(
+                    (input_ids.shape[0],), cancelled.is_set(), device=input_ids.device
+                )
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -409,10 +422,13 @@ class Predictor:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        for delta in streamer:
-            if delta:
-                yield delta
-        worker.join()
+        try:
+            for delta in streamer:
+                if delta:
+                    yield delta
+        finally:
+            cancelled.set()
+            worker.join()
         if failure:
             raise failure[0]
 

@@ -409,7 +409,7 @@ class ModelRunner:
         """Iterate `make_pieces()` on the model thread, yielding its pieces on the event loop.
 
         Raises 429/504 `ApiError`s before the first piece; past the deadline it raises 504 too,
-        and the producer stops at its next piece. The slot is held until the producer ends.
+        and the producer is closed at its next piece. The slot is held until the producer ends.
         """
         self._admit()
         loop = asyncio.get_running_loop()
@@ -428,11 +428,18 @@ class ModelRunner:
             try:
                 if self.config.test_delay_ms:
                     time.sleep(self.config.test_delay_ms / 1000)
-                # After a stop the rest is drained, not dropped: generation runs on until its
-                # own end, and the slot must stay taken while it does.
-                for piece in make_pieces():
-                    if not stop.is_set():
+                # After a stop (client gone, deadline) the producer is closed, which ends a
+                # generation at its next token; the slot stays taken until it has ended.
+                pieces = make_pieces()
+                try:
+                    for piece in pieces:
+                        if stop.is_set():
+                            break
                         put("piece", piece)
+                finally:
+                    close = getattr(pieces, "close", None)
+                    if close is not None:
+                        close()
             except BaseException as exc:
                 put("error", exc)
             finally:
