@@ -85,8 +85,6 @@ def run(args) -> dict:
 
     cpu = torch.device("cpu")
     tokenizer, tokenizer_info = _tokenizer(args.smoke)
-    config = TrainConfig(base_model="unused")
-    batches = micro_batches(tokenizer, args.micro_batches, config.batch_size, config.max_length)
     report: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -99,11 +97,12 @@ def run(args) -> dict:
     try:
         arch = "tiny" if args.smoke else "qwen3-0.6b-shape"
         report["model"] = _build_model_folder(tokenizer, arch, Path(tmp))
-        config = TrainConfig(base_model=tmp)
+        config = TrainConfig(base_model=tmp)  # the training defaults: batch size, max length
         precision = resolve_precision(config.precision, cpu)
         model = _lora_model(config, precision, cpu).train()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    batches = micro_batches(tokenizer, args.micro_batches, config.batch_size, config.max_length)
     dtype = precision.autocast_dtype
 
     def step(batch):

@@ -1044,7 +1044,7 @@ def step_profile_section(folder: Path, host: str) -> str:
     if not found:
         return ""
     text = profile_markdown(json.loads(found[0].read_text("utf-8")))
-    return "\n#" + text + f"\n(`{found[0].name}`)\n"
+    return "\n#" + text + f"\n(`{found[0].name}`)\n"  # its heading, one level down
 
 
 def ablations_section(folder: Path, host: str) -> str:

@@ -34,6 +34,8 @@ from .scoring import LabelScorer
 from .tasks import Task, TaskRegistry, load_registry
 
 DECODES = ("auto", "generate", "score", "span")
+# The constrained decode that "auto" picks for a task kind; other kinds generate freely.
+KIND_DECODE = {"classification": "score", "extraction": "span"}
 ADAPTER_CONFIG = "adapter_config.json"
 log = logging.getLogger(__name__)
 
@@ -247,7 +249,7 @@ class Predictor:
             raise PredictorError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
         spec = self.task_spec(task)
         if decode == "auto":
-            decode = {"classification": "score", "extraction": "span"}.get(spec.kind, "generate")
+            decode = KIND_DECODE.get(spec.kind, "generate")
         scorer = self.scorer(spec.name) if decode == "score" else None
         results: list[Prediction] = []
         for start in range(0, len(texts), max(1, batch_size)):
@@ -501,10 +503,9 @@ def predict_rows(
     results: list[dict] = [{} for _ in rows]
     for task, indices in by_task.items():
         spec_decode = decode
+        # A constrained decode applies to its own kind of task; the others get theirs.
         kind = predictor.task_spec(task).kind
-        if (decode == "score" and kind != "classification") or (
-            decode == "span" and kind != "extraction"
-        ):
+        if decode in KIND_DECODE.values() and KIND_DECODE.get(kind) != decode:
             spec_decode = "auto"
         predictions = predictor.predict(
             task,

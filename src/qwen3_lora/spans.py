@@ -3,9 +3,9 @@
 An extraction answer (文件名称提取: "我有一批西安市地类图斑的数据，怎么进行发服务" -> "西安市地类图斑")
 is a contiguous span of the user's text. Greedy decoding under this constraint picks, at every
 step, the likeliest token that keeps the answer so far a substring of the input, and may stop
-(end of turn) once the answer is non-empty and ends on a whole character. The model still chooses where the span starts and
-ends; it can no longer drift into words that are not in the input, a label of another task, or
-a near-copy with one character changed.
+(end of turn) once the answer is non-empty and ends on a whole character. The model still
+chooses where the span starts and ends; it can no longer drift into words that are not in the
+input, a label of another task, or a near-copy with one character changed.
 
 Works on bytes, so byte-level BPE tokens that carry part of a UTF-8 character (common for
 Chinese in English-first vocabularies) combine as they would in the text.
@@ -84,11 +84,9 @@ class SpanLogitsProcessor(LogitsProcessor):
                 continue
             so_far = b"".join(self.table[t] for t in ids)
             source = self.sources[row]
-            allowed = [
-                t
-                for t in self.candidates[row]
-                if so_far + self.table[t] in source and _starts_a_character(so_far or self.table[t])
-            ]
+            allowed = [t for t in self.candidates[row] if so_far + self.table[t] in source]
+            if not so_far:  # the first token must start a character of the source
+                allowed = [t for t in allowed if _starts_a_character(self.table[t])]
             if (so_far and _whole_characters(so_far)) or not allowed:
                 allowed += self.stop_ids
             mask[row, allowed] = 0

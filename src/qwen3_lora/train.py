@@ -90,7 +90,8 @@ class PackedBitsDropout(torch.nn.Dropout):
     15-bit slice of a random word and is dropped when the slice is below round(p * 2^15): every
     element is an independent Bernoulli draw with p rounded to 1/32768 (0.1 -> 0.100006), the
     kept ones scaled by 1 / (1 - that p), so the expectation is unchanged. Same generator and
-    seed as `nn.Dropout`; identity in eval mode. About 3x cheaper than `nn.Dropout` on CPU.
+    seed as `nn.Dropout`; identity in eval mode. On CPU the mask is about 3x cheaper to draw,
+    forward + backward about 2x cheaper than `nn.Dropout`.
     """
 
     SLICE = 1 << 15
@@ -102,8 +103,8 @@ class PackedBitsDropout(torch.nn.Dropout):
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
         # int64 random_ draws from [0, 2^63): the top slice has 15 random bits, the others 16.
-        keep = words.view(torch.int16)[:n].view(x.shape).bitwise_and_(self.SLICE - 1)
-        keep = keep.ge_(threshold).bool()
+        slices = words.view(torch.int16)[:n].view(x.shape).bitwise_and_(self.SLICE - 1)
+        keep = slices >= threshold
         return torch.where(keep, x * (self.SLICE / (self.SLICE - threshold)), 0)
 
 
