@@ -8,13 +8,16 @@ batched as `qwen3-lora train` batches them by default (pairs of samples of simil
 padded to its longer one), through the training code itself (`train._lora_model`,
 `train.causal_lm_loss`, the run's autocast), and reports:
 
-- the step's time split by kind of op: matmuls (`aten::mm`, `addmm`, `bmm`), attention
-  (scaled-dot-product kernels), dropout masks (random numbers), and everything else
-  (element-wise ops, norms, RoPE, copies, autograd bookkeeping);
+- the step's time split by kind of op: matmuls (`aten::mm`, `addmm`), attention (sdpa's
+  kernels, or the plain attention's `bmm` and softmax), dropout masks (random numbers), and
+  everything else (element-wise ops, norms, RoPE, copies, autograd bookkeeping);
 - the matmuls' own throughput (the profiler's FLOP count over their time) against a bf16 matmul
   peak measured in the same run;
 - FLOP utilisation as `benchmarks.train_speed` counts it (4 x parameters x useful tokens), and the
-  utilisation the step would reach if everything but the matmuls took no time at all.
+  utilisation the step would reach if everything but the matmuls took no time at all;
+- a floor: the same micro-batches' frozen-weight matmuls (forward, LM head, input gradients) run
+  alone, back to back, without the profiler, and 3 epochs of the split at this floor: no
+  training step on this machine can be faster than its matmuls.
 
 The micro-batches are picked at evenly spaced points of the split's length distribution, so
 their mix of lengths is the epoch's. Timings come from a pass without the profiler; the shares
@@ -49,20 +52,26 @@ from benchmarks.train_speed import (
 )
 
 CATEGORIES = ("matmul", "attention", "dropout masks", "other")
+ATTENTION_OPS = ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data")
 
 
 def category(op: str) -> str:
-    if op in ("aten::mm", "aten::addmm", "aten::bmm"):
+    if op in ("aten::mm", "aten::addmm"):
         return "matmul"
-    if "scaled_dot_product" in op or "flash_attention" in op:
+    # sdpa's kernels, or the plain attention's batched matmuls and softmax (nothing else in the
+    # model multiplies batches of matrices or takes a softmax).
+    if "scaled_dot_product" in op or "flash_attention" in op or op in ATTENTION_OPS:
         return "attention"
     if op in ("aten::bernoulli_", "aten::random_", "aten::uniform_"):
         return "dropout masks"
     return "other"
 
 
-def micro_batches(tokenizer, count: int, batch_size: int, max_length: int) -> list[dict]:
-    """`count` micro-batches of `batch_size` neighbours in length, spread over the split."""
+def micro_batches(
+    tokenizer, count: int, batch_size: int, max_length: int
+) -> tuple[list[dict], int]:
+    """`count` micro-batches of `batch_size` neighbours in length, spread over the split, and the
+    split's token count."""
     from qwen3_lora.dataset import load_builtin
     from qwen3_lora.encoding import PadCollator, encode_records
 
@@ -73,7 +82,53 @@ def micro_batches(tokenizer, count: int, batch_size: int, max_length: int) -> li
     ]
     picks = [groups[round(i * (len(groups) - 1) / max(count - 1, 1))] for i in range(count)]
     collate = PadCollator(tokenizer.pad_token_id)
-    return [collate([e.as_features() for e in group]) for group in picks]
+    batches = [collate([e.as_features() for e in group]) for group in picks]
+    return batches, sum(len(e.input_ids) for e in encoded)
+
+
+def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
+    """(seconds, FLOPs) of the step's big matmuls alone, back to back, for `batches`.
+
+    For each micro-batch: every frozen projection's forward matmul (positions x in -> out) in
+    layer order, the LM head at the supervised positions forward and backward, then every
+    projection's input-gradient matmul (positions x out -> in) in reverse order, on the model's
+    own weights (so they come from memory as in a step, not from cache). No LoRA, attention,
+    norms, loss or autograd: a lower bound on a step's time on this machine.
+    """
+    from qwen3_lora.train import supervised_positions
+
+    weights = [m.base_layer.weight for m in model.modules() if hasattr(m, "base_layer")]
+    head = model.get_output_embeddings().weight
+    dtype = head.dtype
+    plans, flops = [], 0.0
+    for batch in batches:
+        rows = batch["input_ids"].numel()
+        heads = batch["input_ids"].shape[0] * len(supervised_positions(batch["labels"]))
+        inputs = {n: torch.randn(rows, n, dtype=dtype) for w in weights for n in w.shape}
+        plans.append(
+            (
+                inputs,
+                torch.randn(heads, head.shape[1], dtype=dtype),
+                torch.randn(heads, head.shape[0], dtype=dtype),
+            )
+        )
+        flops += 4 * (rows * sum(w.numel() for w in weights) + heads * head.numel())
+
+    def run(plan):
+        inputs, head_in, head_grad = plan
+        with torch.no_grad():
+            for w in weights:
+                torch.mm(inputs[w.shape[1]], w.t())
+            torch.mm(head_in, head.t())
+            torch.mm(head_grad, head)
+            for w in reversed(weights):
+                torch.mm(inputs[w.shape[0]], w)
+
+    run(plans[0])  # warm-up
+    began = time.perf_counter()
+    for plan in plans:
+        run(plan)
+    return time.perf_counter() - began, flops
 
 
 def run(args) -> dict:
@@ -102,7 +157,9 @@ def run(args) -> dict:
         model = _lora_model(config, precision, cpu).train()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    batches = micro_batches(tokenizer, args.micro_batches, config.batch_size, config.max_length)
+    batches, split_tokens = micro_batches(
+        tokenizer, args.micro_batches, args.batch_size or config.batch_size, config.max_length
+    )
     dtype = precision.autocast_dtype
 
     def step(batch):
@@ -133,6 +190,7 @@ def run(args) -> dict:
         ops.append((event.key, self_s, event.count))
     profiled = sum(shares.values())
     ops.sort(key=lambda op: -op[1])
+    floor_seconds, floor_flops = gemm_floor(model, batches)
     peak = max(matmul_peak(torch.bfloat16, 2048, 2.0) for _ in range(2))
 
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
@@ -142,6 +200,7 @@ def run(args) -> dict:
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
         micro_batches=len(batches),
+        batch_size=int(batches[0]["input_ids"].shape[0]),
         useful_tokens=tokens,
         positions=positions,
         seconds=seconds,
@@ -153,9 +212,26 @@ def run(args) -> dict:
         matmul_flops_vs_counted=matmul_flops / counted,
         util_bf16=counted / seconds / (peak * 1e9),
         util_bf16_if_only_matmuls=counted / matmul_s / (peak * 1e9),
+        gemm_floor_seconds=floor_seconds,
+        gemm_floor_gflops=floor_flops / floor_seconds / 1e9,
+        gemm_floor_share_of_step=floor_seconds / seconds,
+        split_tokens=split_tokens,
+        three_epochs_minutes=3 * split_tokens * seconds / tokens / 60,
+        three_epochs_gemm_floor_minutes=3 * split_tokens * floor_seconds / tokens / 60,
         load_average_end=load_average(),
     )
     return report
+
+
+def floor_rows(r: dict) -> list[str]:
+    return [
+        f"| the step's frozen-weight matmuls alone, back to back (floor) | "
+        f"{r['gemm_floor_seconds']:.2f} s, {r['gemm_floor_share_of_step']:.0%} of the step, "
+        f"{r['gemm_floor_gflops']:.0f} GFLOP/s |",
+        f"| 3 epochs of the split ({r['split_tokens']} tokens): at this step's speed / "
+        f"matmul floor | {r['three_epochs_minutes']:.1f} / "
+        f"{r['three_epochs_gemm_floor_minutes']:.1f} min |",
+    ]
 
 
 def markdown(r: dict) -> str:
@@ -163,7 +239,8 @@ def markdown(r: dict) -> str:
         f"# Where a training step's time goes ({r['date'][:10]}, `python -m benchmarks.step_profile`)",
         "",
         f"{r['model']['arch']}, {r['model']['params'] / 1e6:.1f}M parameters; {r['threads']} torch "
-        f"threads, OMP_WAIT_POLICY={r['omp_wait_policy']}; {r['micro_batches']} micro-batches of the "
+        f"threads, OMP_WAIT_POLICY={r['omp_wait_policy']}; {r['micro_batches']} micro-batches "
+        f"of {r.get('batch_size', 2)} samples of the "
         f"built-in train split ({r['useful_tokens']} useful tokens in {r['positions']} positions), "
         f"forward + backward in {r['seconds']:.2f} s ({r['tokens_per_s']:.1f} useful tokens/s); "
         f"bf16 matmul peak {r['bf16_peak_gflops']:.0f} GFLOP/s. Load average "
@@ -180,6 +257,7 @@ def markdown(r: dict) -> str:
         f"| matmul FLOPs done / 4 x params x tokens | {r['matmul_flops_vs_counted']:.2f} |",
         f"| FLOP utilisation (4 x params x tokens) | {r['util_bf16']:.1%} |",
         f"| same if all but the matmuls took no time | {r['util_bf16_if_only_matmuls']:.1%} |",
+        *(floor_rows(r) if "gemm_floor_seconds" in r else []),
         "",
         "Top ops by own time: "
         + ", ".join(f"{o['op']} {o['share']:.1%}" for o in r["top_ops"][:8])
@@ -192,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny model + tokenizer (seconds)")
     parser.add_argument("--micro-batches", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, help="samples per micro-batch (default: training's, 2)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -199,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-smoke" if args.smoke else ""
+    suffix = ("-smoke" if args.smoke else "") + (f"-b{args.batch_size}" if args.batch_size else "")
     path = args.out / f"{report['date'][:10]}-{report['host']}-step-profile{suffix}.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(markdown(report))

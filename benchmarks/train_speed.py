@@ -1048,20 +1048,20 @@ def step_profile_section(folder: Path, host: str) -> str:
 
 
 def ablations_section(folder: Path, host: str) -> str:
-    """The speed-path ablations recorded beside the results on this host, newest date first."""
+    """The speed-path ablations recorded beside the results on this host, newest first."""
     found = sorted(folder.glob(f"*-{host}-ablation-*.json"), reverse=True)
     if not found:
         return ""
-    newest = found[0].name[:10]
     parts = [
         "\n## Speed paths of (b), one at a time\n\n",
         "Each table: `python -m benchmarks.train_speed --ablate NAME:OPTION=VALUE ...`, i.e. "
         "`train()` with `TrainConfig` defaults against the same with one option changed, "
         "interleaved one micro-batch at a time in separate processes on the same samples of "
         "the 0.6B shape (tokens/s are absolute figures of a shared, loaded machine; the "
-        "ratios are the result).\n",
+        'ratios are the result). Newest first; "defaults" are those of the day in the file '
+        "name (older tables predate later speed paths).\n",
     ]
-    for path in sorted(p for p in found if p.name.startswith(newest)):
+    for path in found:
         report = json.loads(path.read_text("utf-8"))
         parts.append(
             f"\n`{path.name}` ({report['comparison_subset']['samples']} samples, load average "

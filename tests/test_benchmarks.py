@@ -86,4 +86,8 @@ def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
     assert shares["dropout masks"] > 0
     assert report["matmul_gflops"] > 0 and report["bf16_peak_gflops"] > 0
     assert 0 < report["util_bf16"] < report["util_bf16_if_only_matmuls"]
-    assert "| matmul |" in proc.stdout
+    # The matmul floor is measured, and below the step that contains those matmuls.
+    assert 0 < report["gemm_floor_seconds"] < report["seconds"]
+    assert report["gemm_floor_gflops"] > 0 and report["split_tokens"] > report["useful_tokens"]
+    assert 0 < report["three_epochs_gemm_floor_minutes"] < report["three_epochs_minutes"]
+    assert "| matmul |" in proc.stdout and "(floor)" in proc.stdout

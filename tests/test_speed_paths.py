@@ -8,6 +8,8 @@
 - the chunked cross-entropy vs `F.cross_entropy` on fp32 logits: same value and gradient.
 - the LoRA dropout drawn from packed random words vs `nn.Dropout`: the same distribution
   (independent Bernoulli(p) drops, kept values scaled by 1/(1-p)), same gradient rule.
+- plain matmul attention for short sequences on CPU vs sdpa: same loss and gradients, with and
+  without padding; long sequences and gradient-free calls still go to sdpa.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import torch
 from conftest import MEMORISE
 
+from qwen3_lora import attention
 from qwen3_lora.config import TrainConfig
 from qwen3_lora.encoding import PadCollator, encode_example
 from qwen3_lora.models import load_tokenizer, resolve_precision
@@ -42,8 +45,8 @@ def _batch(tokenizer) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _model(model_dir, precision: str):
-    config = TrainConfig(base_model=str(model_dir), lora_dropout=0.0)
+def _model(model_dir, precision: str, attention: str = "auto"):
+    config = TrainConfig(base_model=str(model_dir), lora_dropout=0.0, attention=attention)
     torch.manual_seed(0)  # LoRA A's initialisation: the same adapter in every model
     model = _lora_model(config, resolve_precision(precision, CPU), CPU)
     # PEFT starts LoRA B at zero; give it weights so the adapter path counts in the loss.
@@ -194,3 +197,76 @@ def test_training_uses_packed_bits_dropout_on_cpu(tiny_model_dir):
         dataclasses.replace(config, lora_dropout=0.0), resolve_precision("bf16", CPU), CPU
     )
     assert not any(isinstance(m, torch.nn.Dropout) for m in no_dropout.modules())
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch) -> list[int]:
+    """Counts the calls that reach sdpa through the CPU training attention."""
+    calls = []
+    original = attention.sdpa_attention_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_plain_attention_on_cpu_equals_sdpa(tiny_model_dir, sdpa_calls, padded):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    batch = _batch(tokenizer)
+    if not padded:  # one row, no padding: sdpa's mask is left out (causal only)
+        length = int(batch["attention_mask"][0].sum())
+        batch = {k: v[:1, :length] for k, v in batch.items()}
+        assert batch["attention_mask"].all()
+    reference_model = _model(tiny_model_dir, "fp32", attention="sdpa")
+    model = _model(tiny_model_dir, "fp32")
+    assert reference_model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == attention.NAME
+
+    reference = _loss(reference_model, batch, labels_only=True, autocast=None)
+    reference.backward()
+    loss = _loss(model, batch, labels_only=True, autocast=None)
+    loss.backward()
+    assert not sdpa_calls, "short sequences with gradients take the plain path"
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+    expected = _lora_grads(reference_model)
+    grads = _lora_grads(model)
+    assert grads.keys() == expected.keys() and grads
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_plain_attention_leaves_long_and_gradient_free_calls_to_sdpa(
+    tiny_model_dir, sdpa_calls, monkeypatch
+):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    batch = _batch(tokenizer)
+    model = _model(tiny_model_dir, "fp32")
+    layers = model.config.num_hidden_layers
+    with torch.no_grad():
+        _loss(model, batch, labels_only=True, autocast=None)
+    assert len(sdpa_calls) == layers
+    monkeypatch.setattr(attention, "PLAIN_MAX_LENGTH", batch["input_ids"].shape[1] - 1)
+    _loss(model, batch, labels_only=True, autocast=None).backward()
+    assert len(sdpa_calls) == 2 * layers
+
+
+def test_training_attention_choice():
+    from types import SimpleNamespace
+
+    class Model:
+        def __init__(self, loaded):
+            self.config = SimpleNamespace(_attn_implementation=loaded)
+
+        def set_attn_implementation(self, name):
+            self.config._attn_implementation = name
+
+    cuda = torch.device("cuda")
+    assert attention.choose_training_attention(Model("sdpa"), "auto", CPU) == attention.NAME
+    assert attention.choose_training_attention(Model("sdpa"), "auto", cuda) == "sdpa"
+    assert attention.choose_training_attention(Model("eager"), "auto", CPU) == "eager"
+    assert attention.choose_training_attention(Model("sdpa"), "sdpa", CPU) == "sdpa"
+    assert attention.choose_training_attention(Model("sdpa"), "eager", cuda) == "eager"

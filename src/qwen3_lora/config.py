@@ -13,6 +13,8 @@ import yaml
 
 from .models import DEFAULT_BASE_MODEL, PRECISIONS
 
+ATTENTIONS = ("auto", "sdpa", "eager")
+
 
 def _f(default: Any, help: str, **kw):
     if isinstance(default, list):
@@ -73,6 +75,12 @@ class TrainConfig:
         True, "compute the LM head and loss only where labels are supervised (same loss, faster)"
     )
     num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    attention: str = _f(
+        "auto",
+        "attention while training: auto (on CPU, plain matmul attention up to 256 tokens, whose"
+        " backward is faster than sdpa's there; else as loaded), sdpa, eager",
+        choices=list(ATTENTIONS),
+    )
     torch_compile: bool = _f(
         False, "torch.compile the model (inductor): minutes of compiling first, faster steps after"
     )
@@ -114,6 +122,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             problems.append(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.attention not in ATTENTIONS:
+            problems.append(
+                f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
             )
         if self.hub not in ("huggingface", "modelscope"):
             problems.append(f"hub must be huggingface or modelscope, got {self.hub!r}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from .attention import choose_training_attention
 from .config import TrainConfig
 from .dataset import Record, builtin_files, load_records
 from .encoding import IGNORE_INDEX, EncodedDataset, EncodeReport, PadCollator, encode_records
@@ -302,6 +303,8 @@ def _lora_model(config: TrainConfig, precision: Precision, device: torch.device)
         device=device,
     )
     model.config.use_cache = False
+    attention = choose_training_attention(model, config.attention, device)
+    log.info("attention while training: %s", attention)
     if config.quantization:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing

@@ -1,0 +1,87 @@
+"""Attention for LoRA training on CPU: plain matmul + softmax for short sequences, sdpa otherwise.
+
+On CPU, `sdpa` runs torch's fused flash kernel, whose backward pass is slow for the short
+sequences this project trains on. Forward + backward of one attention (batch 2, 16 query and 8
+key/value heads of 128, bf16, 2 cores), plain matmul attention vs sdpa: 48 tokens 1.3 vs 3.5 ms,
+96 tokens 3.5 vs 7.3 ms, 192 tokens 12.3 vs 17.4 ms, 384 tokens 55.7 vs 53.9 ms. Plain attention
+keeps the (length x length) probabilities for backward, so its memory grows with the square of
+the length: above `PLAIN_MAX_LENGTH` tokens, and whenever no gradient is being taken (evaluation,
+generation), the call goes to sdpa as before.
+
+The plain path is the Llama-family `eager` attention (scores in the input dtype, softmax in fp32,
+the mask as an additive minimum); `tests/test_attention.py` checks that losses and gradients
+match sdpa's.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "qwen3_lora_cpu_train"
+PLAIN_MAX_LENGTH = 256
+
+
+def _plain_applies(query: torch.Tensor, kwargs: dict) -> bool:
+    unsupported = ("sliding_window", "softcap", "position_bias", "s_aux", "sinks")
+    return (
+        torch.is_grad_enabled()
+        and query.shape[2] <= PLAIN_MAX_LENGTH
+        and all(kwargs.get(name) is None for name in unsupported)
+    )
+
+
+def short_plain_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """An `AttentionInterface` function; `attention_mask` is sdpa's (boolean, or None)."""
+    if not _plain_applies(query, kwargs):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None and kwargs.get("is_causal", getattr(module, "is_causal", True)):
+        # sdpa_mask leaves out a mask that is only causal (no padding): make it explicit.
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
+        attention_mask = attention_mask.tril(kv_len - q_len)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, short_plain_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def choose_training_attention(model, choice: str, device: torch.device) -> str:
+    """Set the attention a model trains with; returns the implementation in use.
+
+    `auto`: on CPU, a model loaded with sdpa gets `short_plain_attention`; anything else (CUDA,
+    flash-attention, a model without sdpa) keeps what it was loaded with. `sdpa` and `eager`
+    force that implementation.
+    """
+    current = getattr(model.config, "_attn_implementation", None)
+    wanted = choice
+    if choice == "auto":
+        wanted = NAME if device.type == "cpu" and current == "sdpa" else current
+    if wanted and wanted != current:
+        model.set_attn_implementation(wanted)
+    return wanted or "default"
