@@ -9,8 +9,8 @@ the length: above `PLAIN_MAX_LENGTH` tokens, and whenever no gradient is being t
 generation), the call goes to sdpa as before.
 
 The plain path is the Llama-family `eager` attention (scores in the input dtype, softmax in fp32,
-the mask as an additive minimum); `tests/test_attention.py` checks that losses and gradients
-match sdpa's.
+masked scores set to the dtype's minimum); tests/test_speed_paths.py checks that losses and
+gradients match sdpa's.
 """
 
 from __future__ import annotations
