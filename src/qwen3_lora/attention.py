@@ -8,17 +8,18 @@ keeps the (length x length) probabilities for backward, so its memory grows with
 the length: above `PLAIN_MAX_LENGTH` tokens, and whenever no gradient is being taken (evaluation,
 generation), the call goes to sdpa as before.
 
-The plain path is the Llama-family `eager` attention (scores in the input dtype, softmax in fp32,
-masked scores set to the dtype's minimum); tests/test_speed_paths.py checks that losses and
-gradients match sdpa's.
+The plain path is transformers' Llama-family `eager` attention itself (scores in the input dtype,
+softmax in fp32, an additive mask), fed sdpa's boolean mask as eager expects it;
+tests/test_speed_paths.py checks that losses and gradients match sdpa's.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
 NAME = "qwen3_lora_cpu_train"
 PLAIN_MAX_LENGTH = 256
@@ -48,23 +49,20 @@ def short_plain_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     q_len, kv_len = query.shape[2], key.shape[2]
     if attention_mask is None and kwargs.get("is_causal", getattr(module, "is_causal", True)):
         # sdpa_mask leaves out a mask that is only causal (no padding): make it explicit.
         attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
         attention_mask = attention_mask.tril(kv_len - q_len)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        # eager adds its mask to the scores: 0 where attended, the dtype's minimum elsewhere.
+        additive = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+        attention_mask = additive.masked_fill_(~attention_mask, torch.finfo(query.dtype).min)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    output, _ = eager_attention_forward(
+        module, query, key, value, attention_mask, scale, dropout=dropout
+    )
+    return output, None
 
 
 AttentionInterface.register(NAME, short_plain_attention)
