@@ -100,11 +100,13 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
     weights = [m.base_layer.weight for m in model.modules() if hasattr(m, "base_layer")]
     head = model.get_output_embeddings().weight
     dtype = head.dtype
+    widths = {n for w in weights for n in w.shape}  # every projection's in and out size
+    projection_params = sum(w.numel() for w in weights)
     plans, flops = [], 0.0
     for batch in batches:
         rows = batch["input_ids"].numel()
         heads = batch["input_ids"].shape[0] * len(supervised_positions(batch["labels"]))
-        inputs = {n: torch.randn(rows, n, dtype=dtype) for w in weights for n in w.shape}
+        inputs = {n: torch.randn(rows, n, dtype=dtype) for n in widths}
         plans.append(
             (
                 inputs,
@@ -112,7 +114,7 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
                 torch.randn(heads, head.shape[0], dtype=dtype),
             )
         )
-        flops += 4 * (rows * sum(w.numel() for w in weights) + heads * head.numel())
+        flops += 4 * (rows * projection_params + heads * head.numel())
 
     def run(plan):
         inputs, head_in, head_grad = plan
