@@ -136,6 +136,7 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
 def run(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
+    from qwen3_lora.compiled import compile_decoder_layers
     from qwen3_lora.config import TrainConfig
     from qwen3_lora.models import resolve_precision
     from qwen3_lora.train import _lora_model, causal_lm_loss
@@ -157,6 +158,8 @@ def run(args) -> dict:
         config = TrainConfig(base_model=tmp)  # the training defaults: batch size, max length
         precision = resolve_precision(config.precision, cpu)
         model = _lora_model(config, precision, cpu).train()
+        if args.compile:
+            compile_decoder_layers(model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     batches, split_tokens = micro_batches(
@@ -170,8 +173,10 @@ def run(args) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
+    began = time.perf_counter()
     for batch in batches[:2]:
-        step(batch)  # warm-up: first-call allocations and kernel selection
+        step(batch)  # warm-up: first-call allocations and kernel selection (and the compile)
+    warmup_seconds = time.perf_counter() - began
     began = time.perf_counter()
     for batch in batches:
         step(batch)
@@ -201,6 +206,8 @@ def run(args) -> dict:
     counted = 4 * params * tokens
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
+        compiled=bool(args.compile),
+        warmup_seconds=warmup_seconds,
         micro_batches=len(batches),
         batch_size=int(batches[0]["input_ids"].shape[0]),
         useful_tokens=tokens,
@@ -244,8 +251,13 @@ def markdown(r: dict) -> str:
         f"threads, OMP_WAIT_POLICY={r['omp_wait_policy']}; {r['micro_batches']} micro-batches "
         f"of {r.get('batch_size', 2)} samples of the "
         f"built-in train split ({r['useful_tokens']} useful tokens in {r['positions']} positions), "
-        f"forward + backward in {r['seconds']:.2f} s ({r['tokens_per_s']:.1f} useful tokens/s); "
-        f"bf16 matmul peak {r['bf16_peak_gflops']:.0f} GFLOP/s. Load average "
+        f"forward + backward in {r['seconds']:.2f} s ({r['tokens_per_s']:.1f} useful tokens/s)"
+        + (
+            f", decoder layers compiled (warm-up with the compile: {r['warmup_seconds']:.0f} s); "
+            if r.get("compiled")
+            else "; "
+        )
+        + f"bf16 matmul peak {r['bf16_peak_gflops']:.0f} GFLOP/s. Load average "
         f"{r['load_average_start']} -> {r['load_average_end']}.",
         "",
         "| kind of op | share of the step |",
@@ -275,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=int, help="samples per micro-batch (default: training's, 2)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="compile the decoder layers (qwen3_lora.compiled)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -283,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = ("-smoke" if args.smoke else "") + (f"-b{args.batch_size}" if args.batch_size else "")
+    suffix += "-compiled" if args.compile else ""
     path = args.out / f"{report['date'][:10]}-{report['host']}-step-profile{suffix}.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(markdown(report))

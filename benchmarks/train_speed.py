@@ -13,7 +13,9 @@ sequence lengths are realistic:
     padding), fp32 weights, a plain `transformers.Trainer` with its defaults (no masking, no
     length grouping);
 (b) ours: `qwen3_lora.train.train` itself with `TrainConfig` defaults (bf16 frozen weights, fp32
-    LoRA, autocast, length-grouped batches, LM head only at supervised positions).
+    LoRA, autocast, length-grouped batches, LM head only at supervised positions; compiled
+    decoder layers where `--torch-compile auto` decides a run is long enough: the whole-split
+    epoch, not the short interleaved run).
 
 Each pipeline runs in its own process (so its peak RSS is its own), but the processes take
 turns one micro-batch at a time (a, b, a, b, ...), so machine load hits both alike and the
@@ -22,7 +24,9 @@ inference figures come from `qwen3_lora.predict.Predictor`. (b)'s epoch is timed
 `--epoch-budget` seconds; a longer epoch is projected from the part measured. A bf16 and an fp32 matmul peak are
 measured between phases; FLOP utilisation counts 4 x parameters x useful (non-pad) tokens per
 LoRA training step (forward 2N, backward through the frozen weights 2N, no weight gradients),
-with the embedding parameters included, as the issue asks, and also without them.
+with the embedding parameters included, as the issue asks, and also without them. A compile is
+paid once per run: it is estimated from the epoch's first window, left out of the epoch's
+tokens/s, and counted once in the 3-epoch time and utilisation.
 
 Writes benchmarks/results/<date>-<host>.json, benchmarks/results/LATEST.md (full runs only)
 and prints the Markdown table.
@@ -150,9 +154,18 @@ class Pacer(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from qwen3_lora.compiled import is_compiled
+
         model.register_forward_pre_hook(self._count, with_kwargs=True)
         reset_peak_rss()
-        self.conn.send({"event": "ready", "rss": rss_bytes()[0], "since_start": _since_start()})
+        self.conn.send(
+            {
+                "event": "ready",
+                "rss": rss_bytes()[0],
+                "since_start": _since_start(),
+                "compiled": is_compiled(model),
+            }
+        )
         self._wait()
 
     def _send_window(self, **extra):
@@ -204,7 +217,11 @@ def _train_ours(opts: dict, conn) -> dict:
     )
     values.update(opts.get("overrides", {}))
     result = train(TrainConfig(**values), callbacks=[Pacer(conn, opts["every"])])
-    return {"final_loss": result.final_loss, "optimizer_steps": result.optimizer_steps}
+    return {
+        "final_loss": result.final_loss,
+        "optimizer_steps": result.optimizer_steps,
+        "compiled": result.compiled,
+    }
 
 
 def _train_spec(opts: dict, conn) -> dict:
@@ -701,16 +718,31 @@ def run(args) -> dict:
             seconds = sum(w["seconds"] for w in windows)
             tokens = sum(w["tokens"] for w in windows)
             complete = epoch_worker.finished
+            compiled = bool(epoch_worker.ready.get("compiled"))
+            compile_seconds = 0.0
+            if compiled and len(windows) > 1:
+                # The first step compiles the layers: the first window's time beyond what its
+                # tokens take at the later windows' rate. Paid once per run, not per epoch.
+                rest = windows[1:]
+                rate = sum(w["tokens"] for w in rest) / sum(w["seconds"] for w in rest)
+                compile_seconds = max(0.0, windows[0]["seconds"] - windows[0]["tokens"] / rate)
+            steady = seconds - compile_seconds
             epoch = {
                 "complete": complete,
                 "micro_batches": windows[-1]["micro"],
                 "micro_batches_per_epoch": micro_per_epoch,
                 "measured_seconds": round(seconds, 2),
+                "compiled": compiled,
+                "compile_seconds": round(compile_seconds, 1),
                 "useful_tokens": tokens,
-                "useful_tokens_per_s": tokens / seconds,
+                # Training speed once compiled (the compile is counted in the 3-epoch figures).
+                "useful_tokens_per_s": tokens / steady,
                 # A budget-stopped epoch is projected at the rate measured on its first part.
                 "seconds": round(
-                    seconds if complete else report["dataset"]["tokens"] * seconds / tokens, 2
+                    seconds
+                    if complete
+                    else compile_seconds + report["dataset"]["tokens"] * steady / tokens,
+                    2,
                 ),
                 "peak_rss_gb": max(w["rss"][1] for w in windows) / GB,
                 "startup_seconds": epoch_worker.ready["since_start"],
@@ -801,13 +833,24 @@ def run(args) -> dict:
     return report
 
 
+def three_epochs(report: dict) -> tuple[float, float]:
+    """(minutes, bf16 FLOP utilisation) of 3 epochs of ours, a compile counted once."""
+    ours = report["ours"]
+    compile_seconds = ours.get("epoch", {}).get("compile_seconds", 0.0)
+    seconds = 3 * ours["seconds_per_epoch"] - 2 * compile_seconds
+    flops = 4 * report["model"]["params"] * 3 * report["dataset"]["tokens"]
+    return seconds / 60, flops / seconds / (report["matmul_peak"]["bf16_gflops"] * 1e9)
+
+
 def _targets(report: dict) -> dict:
     ours = report["ours"]
+    minutes, util = three_epochs(report)
     values = {
         "speedup": report["speedup"]["pooled"],
-        "util_bf16": ours.get("epoch", ours)["util_bf16"],
+        # Over 3 epochs of the split with the compile, if any, included.
+        "util_bf16": util if "epoch" in ours else ours["util_bf16"],
         "peak_rss_gb": ours["peak_rss_gb"],
-        "three_epochs_min": 3 * ours["seconds_per_epoch"] / 60,
+        "three_epochs_min": minutes,
     }
     return {
         name: {"target": TARGETS[name][0], "value": value, "met": TARGETS[name][1](value)}
@@ -817,6 +860,7 @@ def _targets(report: dict) -> dict:
 
 def markdown(report: dict) -> str:
     spec, ours, m = report["spec_style"], report["ours"], report["machine"]
+    compiled = ours.get("epoch", {}).get("compiled", False)
     peak = report["matmul_peak"]
     model = report["model"]
     ds = report["dataset"]
@@ -862,9 +906,9 @@ def markdown(report: dict) -> str:
             f"{spec['seconds_per_epoch'] / ours['seconds_per_epoch']:.1f}x faster",
         ),
         row(
-            "3 epochs",
+            "3 epochs" + (" (ours: one compile + 3 compiled epochs)" if compiled else ""),
             f"{3 * spec['seconds_per_epoch'] / 60:.1f} min",
-            f"{3 * ours['seconds_per_epoch'] / 60:.1f} min",
+            f"{three_epochs(report)[0]:.1f} min",
         ),
         row(
             "peak RSS while training",
@@ -876,7 +920,12 @@ def markdown(report: dict) -> str:
             "FLOP utilisation vs bf16 peak (4 x params x useful tokens)",
             f"{spec['util_bf16']:.1%}",
             f"{ours['util_bf16']:.1%}"
-            + (f" (epoch: {ours['epoch']['util_bf16']:.1%})" if "epoch" in ours else ""),
+            + (
+                f" (epoch: {ours['epoch']['util_bf16']:.1%}; 3 epochs: "
+                f"{three_epochs(report)[1]:.1%})"
+                if "epoch" in ours
+                else ""
+            ),
         ),
         row(
             "FLOP utilisation vs fp32 peak",
@@ -895,7 +944,16 @@ def markdown(report: dict) -> str:
         f"{report['speedup']['median_of_pairs']:.1f}x). (a): pad to {SPEC_MAX_LENGTH}, labels = "
         f"input ids, fp32 weights, plain Trainer. (b): `qwen3_lora.train.train` with "
         f"`TrainConfig` defaults (bf16 frozen weights + fp32 LoRA under autocast, batch 2 x 4 "
-        f"accumulation, length-grouped, LM head only at supervised positions).",
+        f"accumulation, length-grouped, LM head only at supervised positions)."
+        + (
+            f" Its epoch on the whole split compiled the decoder layers (`--torch-compile auto`; "
+            f"the compile took ~{ours['epoch']['compile_seconds']:.0f} s, counted once in the "
+            "3-epoch figures and left out of the epoch's tokens/s); the "
+            f"{report['comparison_subset']['samples']}-sample run is too short for auto to "
+            "compile, so (b)'s interleaved figures are eager."
+            if compiled
+            else ""
+        ),
         "",
         "| target | value | met |",
         "|---|---|---|",
@@ -1037,14 +1095,16 @@ def write_latest(folder: Path, report: dict) -> None:
 
 
 def step_profile_section(folder: Path, host: str) -> str:
-    """This host's newest `benchmarks.step_profile` result, as a section."""
+    """This host's newest `benchmarks.step_profile` results (eager, compiled), as sections."""
     from benchmarks.step_profile import markdown as profile_markdown
 
-    found = sorted(folder.glob(f"*-{host}-step-profile.json"), reverse=True)
-    if not found:
-        return ""
-    text = profile_markdown(json.loads(found[0].read_text("utf-8")))
-    return "\n#" + text + f"\n(`{found[0].name}`)\n"  # its heading, one level down
+    sections = []
+    for suffix in ("", "-compiled"):
+        found = sorted(folder.glob(f"*-{host}-step-profile{suffix}.json"), reverse=True)
+        if found:
+            text = profile_markdown(json.loads(found[0].read_text("utf-8")))
+            sections.append("\n#" + text + f"\n(`{found[0].name}`)\n")  # heading one level down
+    return "".join(sections)
 
 
 def ablations_section(folder: Path, host: str) -> str:

@@ -22,10 +22,10 @@ from conftest import MEMORISE
 
 from qwen3_lora import attention
 from qwen3_lora.config import TrainConfig
+from qwen3_lora.dropout import PackedBitsDropout
 from qwen3_lora.encoding import PadCollator, encode_example
 from qwen3_lora.models import load_tokenizer, resolve_precision
 from qwen3_lora.train import (
-    PackedBitsDropout,
     _lora_model,
     causal_lm_loss,
     chunked_cross_entropy,

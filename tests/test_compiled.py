@@ -1,0 +1,174 @@
+"""Compiled decoder layers (`qwen3_lora.compiled`): same training as eager, one graph, a fair
+dropout, and a policy that compiles only where it pays.
+
+The end-to-end test compiles a tiny model once (about a minute on 2 cores with a cold inductor
+cache); everything else runs eagerly in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import MEMORISE
+
+from qwen3_lora import compiled
+from qwen3_lora.compiled import AUTO_MIN_FLOPS, choose_compile
+from qwen3_lora.config import ConfigError, TrainConfig, build_config
+from qwen3_lora.dropout import HashDropout, hash32, use_hash_dropout
+from qwen3_lora.train import train
+
+CPU = torch.device("cpu")
+
+
+def _lowbias32(x: int) -> int:
+    """The reference hash in plain Python integers."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_hash32_equals_the_reference_over_the_whole_32_bit_range():
+    values = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, 123456789, 0xDEADBEEF]
+    values += torch.randint(
+        0, 1 << 32, (1000,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
+    got = hash32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [_lowbias32(v) for v in values]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_hash_dropout_is_inverted_bernoulli_dropout(p):
+    torch.manual_seed(0)
+    drop, other = HashDropout(p).train(), HashDropout(p).train()
+    x = (torch.rand(1024, 1027) + 0.5).requires_grad_()
+    out = drop(x)
+    dropped = out == 0
+    n = dropped.numel()
+    p_eff = round(p * 2**32) / 2**32
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(dropped.float().mean().item() - p) < 5 * sigma
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a.flatten().float(), b.flatten().float()
+        return ((a - a.mean()) * (b - b.mean())).mean().item() / (a.std() * b.std()).item()
+
+    # Neighbours in a row and in a column, the next call, and another module: independent.
+    flat = dropped.flatten()
+    assert abs(corr(flat[:-1], flat[1:])) < 5 / n**0.5
+    assert abs(corr(dropped[:-1], dropped[1:])) < 5 / n**0.5
+    assert abs(corr(drop(x.detach()) == 0, dropped)) < 5 / n**0.5
+    assert abs(corr(other(x.detach()) == 0, dropped)) < 5 / n**0.5
+    # Kept values are scaled so that the expectation is unchanged; the gradient is the mask.
+    kept = ~dropped
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p_eff), rtol=1e-6, atol=0)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p_eff), rtol=1e-6, atol=0)
+    # Seeds come from torch's generator: the same seed repeats the masks.
+    torch.manual_seed(0)
+    again = HashDropout(p).train()
+    assert torch.equal(again(x.detach()) == 0, dropped)
+    assert again.eval()(x) is x
+
+
+def test_choose_compile():
+    def choose(choice="auto", device=CPU, flops=AUTO_MIN_FLOPS, **kw):
+        options = dict(gradient_checkpointing=False, quantized=False, world_size=1) | kw
+        return choose_compile(choice, device, train_flops=flops, **options)[0]
+
+    assert choose() and choose("on", flops=1.0)
+    assert not choose(flops=AUTO_MIN_FLOPS / 2)  # too short to repay the compile
+    assert not choose("off")
+    assert not choose(device=torch.device("cuda"))  # auto: measured on CPU only
+    assert not choose("on", gradient_checkpointing=True)
+    assert not choose("on", quantized=True)
+    assert not choose("on", world_size=2)
+
+
+def test_no_cpp_compiler_means_no_compile(monkeypatch):
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    wanted, why = choose_compile(
+        "on",
+        CPU,
+        train_flops=1e20,
+        gradient_checkpointing=False,
+        quantized=False,
+        world_size=1,
+    )
+    assert not wanted and "C++ compiler" in why
+
+
+def test_torch_compile_option_takes_old_booleans_and_rejects_others():
+    assert build_config({"torch_compile": True}, {}).torch_compile == "on"
+    assert build_config({"torch_compile": False}, {}).torch_compile == "off"
+    with pytest.raises(ConfigError, match="torch_compile must be one of auto, on, off"):
+        build_config({"torch_compile": "yes"}, {})
+
+
+def _losses(folder) -> list[float]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_compiled_training_equals_eager_with_one_graph(tmp_path, tiny_model_dir, monkeypatch):
+    """Same losses and adapter as eager training with the same (hash) dropout masks; one graph
+    for every batch length; evaluation (no gradients) runs the layers eagerly."""
+    from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
+
+    data = tmp_path / "data.jsonl"
+    # 12 samples: 6 micro-batches of different lengths.
+    samples = [*MEMORISE, *({**s, "input": s["input"] + "，谢谢"} for s in MEMORISE)]
+    data.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), "utf-8")
+    heldout = tmp_path / "heldout.jsonl"
+    held = [{**s, "input": "请问" + s["input"]} for s in MEMORISE[:3]]
+    heldout.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in held), "utf-8")
+
+    def run(name: str, torch_compile: str):
+        config = TrainConfig(
+            base_model=str(tiny_model_dir),
+            output_dir=str(tmp_path / name),
+            data=[str(data)],
+            builtin_data=False,
+            eval_data=[str(heldout)],
+            epochs=1,
+            grad_accum=1,
+            learning_rate=1e-2,
+            precision="fp32",
+            torch_compile=torch_compile,
+            report_to=["none"],
+            seed=5,
+        )
+        train(config)
+        return _losses(tmp_path / name), load_file(tmp_path / name / "adapter_model.safetensors")
+
+    # The eager reference draws the same hash-dropout masks, swapped in where compiling would.
+    def hash_dropout_only(model, config, device, train_flops, world_size):
+        use_hash_dropout(model)
+        return False
+
+    with monkeypatch.context() as patch:
+        patch.setattr("qwen3_lora.train._compile_if_worth_it", hash_dropout_only)
+        eager_losses, eager_adapter = run("eager", "off")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled_losses, compiled_adapter = run("compiled", "on")
+
+    assert counters["stats"]["unique_graphs"] == 1
+    assert len(compiled_losses) == 6
+    assert compiled_losses[0] == pytest.approx(eager_losses[0], rel=1e-5)
+    # Compiled kernels round differently; Adam steps at lr 1e-2 let that grow a little.
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-3)
+    assert compiled_losses[-1] < compiled_losses[0]  # it trained
+    assert compiled_adapter.keys() == eager_adapter.keys()
+    assert not any("seed" in key for key in compiled_adapter)  # dropout state is not saved
+    # Adam moves a weight whose gradient is ~0 by about lr either way on rounding noise alone,
+    # so single weights may differ; the adapters as a whole must agree.
+    keys = sorted(eager_adapter)
+    ours = torch.cat([compiled_adapter[k].flatten() for k in keys])
+    theirs = torch.cat([eager_adapter[k].flatten() for k in keys])
+    gap = ((ours - theirs).norm() / theirs.norm()).item()
+    assert gap < 0.08  # 0.03 here; 0.19 when the compiled run draws other dropout masks
