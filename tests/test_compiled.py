@@ -16,8 +16,8 @@ from conftest import MEMORISE
 from qwen3_lora import compiled
 from qwen3_lora.compiled import AUTO_MIN_FLOPS, choose_compile
 from qwen3_lora.config import ConfigError, TrainConfig, build_config
-from qwen3_lora.dropout import HashDropout, hash32, use_hash_dropout
-from qwen3_lora.train import train
+from qwen3_lora.dropout import HashDropout, PackedBitsDropout, hash32, use_hash_dropout
+from qwen3_lora.train import TrainerCallback, train
 
 CPU = torch.device("cpu")
 
@@ -172,3 +172,43 @@ def test_compiled_training_equals_eager_with_one_graph(tmp_path, tiny_model_dir,
     theirs = torch.cat([eager_adapter[k].flatten() for k in keys])
     gap = ((ours - theirs).norm() / theirs.norm()).item()
     assert gap < 0.08  # 0.03 here; 0.19 when the compiled run draws other dropout masks
+
+
+def test_a_failing_compile_warns_and_training_goes_on_eagerly(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    def broken_compile(fn, **kwargs):
+        def call(*args, **kw):
+            raise InvalidCxxCompiler()
+
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    seen: dict = {}
+
+    class Inspect(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            seen["dropouts"] = {
+                type(d)
+                for m in model.modules()
+                if hasattr(m, "lora_A")
+                for d in m.lora_dropout.values()
+            }
+
+    config = TrainConfig(
+        base_model=str(tiny_model_dir),
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        torch_compile="on",
+        eval_each_epoch=False,
+        report_to=["none"],
+    )
+    with caplog.at_level("WARNING", logger="qwen3_lora.compiled"):
+        result = train(config, callbacks=[Inspect()])
+    assert "compiling the decoder layers failed (InvalidCxxCompiler" in caplog.text
+    assert caplog.text.count("compiling the decoder layers failed") == 1
+    assert not result.compiled and result.optimizer_steps == 2
+    assert all(loss == loss for loss in _losses(tmp_path / "run"))  # finite, not NaN
+    assert seen["dropouts"] == {PackedBitsDropout}

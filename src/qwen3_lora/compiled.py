@@ -33,7 +33,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .attention import NAME as PLAIN_ATTENTION
 from .attention import short_plain_attention
-from .dropout import use_hash_dropout
+from .dropout import PackedBitsDropout, swap_lora_dropout, use_hash_dropout
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,14 @@ def is_compiled(model: torch.nn.Module) -> bool:
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:
     """Compile each decoder layer's forward for training (see the module docstring); returns
-    how many layers. Call on the PEFT model, after LoRA is attached."""
+    how many layers. Call on the PEFT model, after LoRA is attached.
+
+    If inductor cannot compile (a broken C++ toolchain, an op it does not support), the first
+    step says why in a warning and the whole run goes on eagerly, with eager dropout.
+    """
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
     layers = decoder_layers(model)
     if not layers:
         raise ValueError("no decoder layers found to compile")
@@ -122,6 +129,22 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     use_hash_dropout(model)
     # Layer 0 then gets an input that requires a gradient, as all the others do.
     model.enable_input_require_grads()
+    failed: list[Exception] = []
+
+    def give_up(error: Exception) -> None:
+        failed.append(error)
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        log.warning(
+            "compiling the decoder layers failed (%s: %s); training goes on without compiling "
+            "(--torch-compile off skips the attempt)",
+            type(error).__name__,
+            first_line,
+        )
+        device = next(model.parameters()).device
+        swap_lora_dropout(model, PackedBitsDropout if device.type == "cpu" else torch.nn.Dropout)
+        for layer in layers:
+            del layer.forward  # back to the class's own forward
+
     for layer in layers:
         eager = layer.forward
         compiled = torch.compile(eager, dynamic=True)
@@ -129,8 +152,16 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
         def forward(hidden_states, *args, _layer=layer, _eager=eager, _compiled=compiled, **kw):
             # A batch of one sample (an epoch's odd last one) runs eagerly: dynamic shapes still
             # specialise sizes of 1, so it would compile a second graph.
-            if _layer.training and torch.is_grad_enabled() and 1 not in hidden_states.shape:
-                return _compiled(hidden_states, *args, **kw)
+            if (
+                not failed
+                and _layer.training
+                and torch.is_grad_enabled()
+                and 1 not in hidden_states.shape
+            ):
+                try:
+                    return _compiled(hidden_states, *args, **kw)
+                except (TorchDynamoException, CppCompileError, InvalidCxxCompiler) as error:
+                    give_up(error)
             return _eager(hidden_states, *args, **kw)
 
         layer.forward = forward

@@ -39,7 +39,7 @@ class PackedBitsDropout(torch.nn.Dropout):
 
 def use_packed_bits_dropout(model: torch.nn.Module) -> int:
     """Swap the LoRA layers' dropout for `PackedBitsDropout`; returns how many."""
-    return _swap_lora_dropout(model, PackedBitsDropout)
+    return swap_lora_dropout(model, PackedBitsDropout)
 
 
 _M32 = 0xFFFFFFFF
@@ -72,7 +72,8 @@ class HashDropout(torch.nn.Dropout):
     into one vectorised loop and can recompute in backward instead of storing; its CPU code for
     torch's random numbers and for boolean tensors is several times slower. In eager mode it is
     slower than `PackedBitsDropout`: use it in compiled graphs. Not for gradient
-    checkpointing (a recomputed forward would draw the next call's mask). Identity in eval mode.
+    checkpointing (a recomputed forward would draw the next call's mask). The counters are not
+    saved: after `--resume` the masks differ from an uninterrupted run's. Identity in eval mode.
     """
 
     def __init__(self, p: float = 0.5):
@@ -94,10 +95,11 @@ class HashDropout(torch.nn.Dropout):
 
 def use_hash_dropout(model: torch.nn.Module) -> int:
     """Swap the LoRA layers' dropout for `HashDropout`; returns how many."""
-    return _swap_lora_dropout(model, HashDropout)
+    return swap_lora_dropout(model, HashDropout)
 
 
-def _swap_lora_dropout(model: torch.nn.Module, kind: type[torch.nn.Dropout]) -> int:
+def swap_lora_dropout(model: torch.nn.Module, kind: type[torch.nn.Dropout]) -> int:
+    """Make every LoRA dropout (p > 0) of `model` a `kind`; returns how many changed."""
     swapped = 0
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)

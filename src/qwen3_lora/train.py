@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .attention import choose_training_attention
-from .compiled import choose_compile, compile_decoder_layers
+from .compiled import choose_compile, compile_decoder_layers, is_compiled
 from .config import TrainConfig
 from .dataset import Record, builtin_files, load_records
 from .dropout import use_packed_bits_dropout
@@ -393,7 +393,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * world * config.grad_accum))
     epochs = config.epochs if config.max_steps <= 0 else config.max_steps / steps_per_epoch
     train_tokens = sum(len(e.input_ids) for e in train_set)
-    compiled = _compile_if_worth_it(model, config, device, 4 * total * train_tokens * epochs, world)
+    _compile_if_worth_it(model, config, device, 4 * total * train_tokens * epochs, world)
     log.info(
         "precision %s (weights %s, autocast %s) on %s; LoRA trainable %s / %s params; "
         "effective batch %d = %d per device x %d process(es) x %d accumulation; "
@@ -462,5 +462,5 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         encode_report=report,
         final_loss=result.training_loss,
         train_per_task=dict(Counter(r.task for r in train_records)),
-        compiled=compiled,
+        compiled=is_compiled(model),  # False as well when compiling failed and training went on
     )
