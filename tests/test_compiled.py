@@ -67,6 +67,12 @@ def test_hash_dropout_is_inverted_bernoulli_dropout(p):
     torch.testing.assert_close(out[kept], x[kept] / (1 - p_eff), rtol=1e-6, atol=0)
     out.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() / (1 - p_eff), rtol=1e-6, atol=0)
+    # In bf16 each kept value is x / (1 - p) rounded once (no bf16-rounded scale: no bias).
+    half = x.detach().bfloat16()
+    out_half = drop(half)
+    kept_half = out_half != 0
+    expected = (half[kept_half].float() / (1 - p_eff)).bfloat16()
+    assert torch.equal(out_half[kept_half], expected)
     # Seeds come from torch's generator: the same seed repeats the masks.
     torch.manual_seed(0)
     again = HashDropout(p).train()

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 COMPILED_ATTENTION = "qwen3_lora_cpu_train_compiled"
 # auto compiles a run of at least this many training FLOPs (4 x parameters x tokens x epochs):
-# ~4 minutes of eager steps on a 2-core CPU, ~1.7 min of which the compiled layers save. The
-# compile itself takes ~20 s with inductor's on-disk cache warm, 2-3 minutes the first time.
+# ~4 minutes of eager steps on a 2-core CPU, ~1 min of which the compiled layers save. The
+# compile itself takes ~12 s with inductor's on-disk cache warm, about a minute the first time.
 AUTO_MIN_FLOPS = 5e13
 
 

@@ -90,7 +90,9 @@ class HashDropout(torch.nn.Dropout):
         threshold = round(self.p * (1 << 32))
         # ((h - t) >> 63) is -1 where h < t: +1 gives 1 for kept elements, 0 for dropped ones.
         keep = ((hash32(hash32(index) ^ seed) - threshold) >> 63) + 1
-        return x * (keep.to(x.dtype) * ((1 << 32) / ((1 << 32) - threshold)))
+        # Scale after masking: the Python float scale is applied in fp32 and rounded once (a
+        # bf16 copy of 1 / (1 - p) would bias every kept value).
+        return (x * keep.to(x.dtype)) * ((1 << 32) / ((1 << 32) - threshold))
 
 
 def use_hash_dropout(model: torch.nn.Module) -> int:
