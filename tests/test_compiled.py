@@ -154,7 +154,6 @@ def test_compiled_training_equals_eager_with_one_graph(tmp_path, tiny_model_dir,
     # The eager reference draws the same hash-dropout masks, swapped in where compiling would.
     def hash_dropout_only(model, config, device, train_flops, world_size):
         use_hash_dropout(model)
-        return False
 
     with monkeypatch.context() as patch:
         patch.setattr("qwen3_lora.train._compile_if_worth_it", hash_dropout_only)

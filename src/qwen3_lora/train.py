@@ -301,7 +301,7 @@ def _lora_model(config: TrainConfig, precision: Precision, device: torch.device)
 
 def _compile_if_worth_it(
     model, config: TrainConfig, device: torch.device, train_flops: float, world_size: int
-) -> bool:
+) -> None:
     """Compile the decoder layers when `config.torch_compile` and the run call for it."""
     wanted, why = choose_compile(
         config.torch_compile,
@@ -320,7 +320,6 @@ def _compile_if_worth_it(
         )
     else:
         log.info("decoder layers not compiled: %s", why)
-    return wanted
 
 
 def _training_arguments(config: TrainConfig, out: Path, device: torch.device, has_eval: bool):
