@@ -84,8 +84,9 @@ class HashDropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        seed = self.seed.clone()
-        self.seed.add_(1).bitwise_and_(_M32)
+        seed = self.seed
+        if not torch.compiler.is_compiling():
+            self.advance()
         index = torch.arange(x.numel(), dtype=torch.int64, device=x.device).view(x.shape)
         threshold = round(self.p * (1 << 32))
         # ((h - t) >> 63) is -1 where h < t: +1 gives 1 for kept elements, 0 for dropped ones.
@@ -93,6 +94,16 @@ class HashDropout(torch.nn.Dropout):
         # Scale after masking: the Python float scale is applied in fp32 and rounded once (a
         # bf16 copy of 1 / (1 - p) would bias every kept value).
         return (x * keep.to(x.dtype)) * ((1 << 32) / ((1 << 32) - threshold))
+
+    def advance(self) -> None:
+        """Move to the next call's seed: a new tensor, never an in-place update of the old one.
+
+        A compiled graph's backward may recompute the mask from the seed it was given instead
+        of keeping the mask; mutating that tensor in place made backward use the next call's
+        mask (wrong input gradients; tests/test_compiled.py). Inside a compiled graph the seed
+        is only read: `qwen3_lora.compiled` advances each layer's dropouts after the call.
+        """
+        self.seed = (self.seed + 1) & _M32
 
 
 def use_hash_dropout(model: torch.nn.Module) -> int:
