@@ -62,8 +62,16 @@ class TrainConfig:
     # Optimisation
     epochs: float = _f(3.0, "training epochs")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run all epochs)")
-    batch_size: int = _f(2, "per-device batch size")
-    grad_accum: int = _f(4, "gradient accumulation steps")
+    # The spec trains 2 samples x 4 accumulation steps; 4 x 2 is the same 8 samples and the same
+    # gradient per optimizer step (the loss is divided by the window's supervised tokens), and
+    # on CPU 1.25x faster: each micro-batch reads every frozen weight twice (forward, backward)
+    # and pays a fixed cost per layer call, so larger ones spend less time per token on both
+    # (compiled 0.6B shape, 40 optimizer steps of the built-in split: 66% of the bf16 peak vs
+    # 53%, peak RSS 3.13 vs 2.87 GB; README "Micro-batches of 4").
+    batch_size: int = _f(4, "per-device micro-batch size (samples per forward/backward)")
+    grad_accum: int = _f(
+        2, "gradient accumulation steps (samples per optimizer step: batch size x this)"
+    )
     learning_rate: float = _f(2e-4, "peak learning rate")
     lr_scheduler: str = _f("cosine", "learning-rate schedule (transformers scheduler name)")
     warmup_ratio: float = _f(0.1, "warmup as a fraction of all optimizer steps")
