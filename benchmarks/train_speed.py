@@ -695,7 +695,7 @@ def run(args) -> dict:
                 f"(time budget {args.epoch_budget:.0f} s)",
                 flush=True,
             )
-            micro_per_epoch = math.ceil(report["dataset"]["samples"] / TrainConfig().batch_size)
+            micro_per_epoch = math.ceil(report["dataset"]["samples"] / defaults.batch_size)
             epoch_worker = Worker(
                 "epoch",
                 "ours",
@@ -951,9 +951,9 @@ def markdown(report: dict) -> str:
         f"{report['speedup']['median_of_pairs']:.1f}x). (a): pad to {SPEC_MAX_LENGTH}, labels = "
         f"input ids, fp32 weights, plain Trainer. (b): `qwen3_lora.train.train` with "
         f"`TrainConfig` defaults (bf16 frozen weights + fp32 LoRA under autocast, batch "
-        f"{report.get('ours_batching', '2 x 4')} accumulation, length-grouped, LM head only at supervised "
-        f"positions; (a) uses the spec's {SPEC_BATCH_SIZE} x {SPEC_GRAD_ACCUM}: the same 8 "
-        "samples per optimizer step)."
+        f"{report.get('ours_batching', '2 x 4')} accumulation, length-grouped, LM head only at "
+        f"supervised positions; (a) uses the spec's {SPEC_BATCH_SIZE} x {SPEC_GRAD_ACCUM}: the "
+        "same 8 samples per optimizer step)."
         + (
             f" Its epoch on the whole split compiled the decoder layers (`--torch-compile auto`; "
             f"the compile took ~{ours['epoch']['compile_seconds']:.0f} s, counted once in the "
