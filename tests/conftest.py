@@ -35,7 +35,7 @@ MEMORISE = [
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer random-weight Qwen3 with tied embeddings; pad (<|endoftext|>) != eos (<|im_end|>)."""
-    from qwen3_lora.tiny import build_tiny_folder
+    from qwen3_lora.models.tiny import build_tiny_folder
 
     return build_tiny_folder(tmp_path_factory.mktemp("tiny-qwen3"))
 
@@ -43,7 +43,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir_pad_eos(tmp_path_factory) -> Path:
     """The same tiny model whose tokenizer pads with the end-of-turn token (pad == eos)."""
-    from qwen3_lora.tiny import build_tiny_folder
+    from qwen3_lora.models.tiny import build_tiny_folder
 
     return build_tiny_folder(tmp_path_factory.mktemp("tiny-qwen3-pad-eos"), pad_is_eos=True)
 
@@ -60,8 +60,8 @@ def memorise_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def memorised_adapter(tmp_path_factory, tiny_model_dir, memorise_file) -> Path:
     """A LoRA adapter trained on MEMORISE until the tiny model reproduces every answer."""
-    from qwen3_lora.config import TrainConfig
-    from qwen3_lora.train import train
+    from qwen3_lora.training.config import TrainConfig
+    from qwen3_lora.training.train import train
 
     out = tmp_path_factory.mktemp("memorised")
     train(
@@ -94,7 +94,7 @@ def memorised_adapter(tmp_path_factory, tiny_model_dir, memorise_file) -> Path:
 @pytest.fixture(scope="session")
 def tuned(memorised_adapter):
     """A Predictor over the tiny base + the memorised adapter (fp32: tiny models are sensitive)."""
-    from qwen3_lora.predict import Predictor
+    from qwen3_lora.inference.predictor import Predictor
 
     return Predictor.load(adapter=str(memorised_adapter), precision="fp32")
 
@@ -102,6 +102,6 @@ def tuned(memorised_adapter):
 @pytest.fixture(scope="session")
 def base(tiny_model_dir):
     """A Predictor over the tiny base model alone."""
-    from qwen3_lora.predict import Predictor
+    from qwen3_lora.inference.predictor import Predictor
 
     return Predictor.load(str(tiny_model_dir), precision="fp32")

@@ -13,11 +13,16 @@ import pytest
 import torch
 from conftest import MEMORISE
 
-from qwen3_lora import compiled
-from qwen3_lora.compiled import AUTO_MIN_FLOPS, choose_compile
-from qwen3_lora.config import ConfigError, TrainConfig, build_config
-from qwen3_lora.dropout import HashDropout, PackedBitsDropout, hash32, use_hash_dropout
-from qwen3_lora.train import TrainerCallback, train
+from qwen3_lora.training.config import ConfigError, TrainConfig, build_config
+from qwen3_lora.training.speed import compiled
+from qwen3_lora.training.speed.compiled import AUTO_MIN_FLOPS, choose_compile
+from qwen3_lora.training.speed.dropout import (
+    HashDropout,
+    PackedBitsDropout,
+    hash32,
+    use_hash_dropout,
+)
+from qwen3_lora.training.train import TrainerCallback, train
 
 CPU = torch.device("cpu")
 
@@ -126,13 +131,14 @@ def test_compiled_layers_give_eager_gradients(tiny_model_dir):
     off while the loss, the weight gradient nearest the loss and the adapters stayed close)."""
     import copy
 
-    from qwen3_lora.compiled import compile_decoder_layers
-    from qwen3_lora.models import resolve_precision
-    from qwen3_lora.train import _lora_model, causal_lm_loss
+    from qwen3_lora.models.loading import resolve_precision
+    from qwen3_lora.training.loss import causal_lm_loss
+    from qwen3_lora.training.speed.compiled import compile_decoder_layers
+    from qwen3_lora.training.train import training_model
 
     torch.manual_seed(0)
     config = TrainConfig(base_model=str(tiny_model_dir), precision="fp32")
-    eager = _lora_model(config, resolve_precision("fp32", CPU), CPU).train()
+    eager = training_model(config, resolve_precision("fp32", CPU), CPU)[0].train()
     for module in eager.modules():
         if hasattr(module, "lora_B"):
             for lora_b in module.lora_B.values():  # non-zero, so every gradient is non-zero
@@ -195,11 +201,8 @@ def test_compiled_training_equals_eager_with_one_graph(tmp_path, tiny_model_dir,
         return _losses(tmp_path / name), load_file(tmp_path / name / "adapter_model.safetensors")
 
     # The eager reference draws the same hash-dropout masks, swapped in where compiling would.
-    def hash_dropout_only(model, config, device, train_flops, world_size):
-        use_hash_dropout(model)
-
     with monkeypatch.context() as patch:
-        patch.setattr("qwen3_lora.train._compile_if_worth_it", hash_dropout_only)
+        patch.setattr("qwen3_lora.training.speed.use_packed_bits_dropout", use_hash_dropout)
         eager_losses, eager_adapter = run("eager", "off")
     torch._dynamo.reset()
     counters.clear()

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from qwen3_lora.cli import main
-from qwen3_lora.dataset import DataError, builtin_files, load_builtin, load_records
-from qwen3_lora.tasks import load_registry
+from qwen3_lora.data.records import DataError, builtin_files, load_builtin, load_records
+from qwen3_lora.data.registry import load_registry
 
 GOOD = {"task": "文件名称提取", "input": "把成都市DEM发布成服务", "output": "成都市DEM"}
 

@@ -18,9 +18,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qwen3_lora.dataset import load_builtin, load_records
-from qwen3_lora.encoding import PadCollator, encode_records
-from qwen3_lora.train import causal_lm_loss
+from qwen3_lora.data.records import load_builtin, load_records
+from qwen3_lora.prompt.encoding import PadCollator, encode_records
+from qwen3_lora.training.loss import causal_lm_loss
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from conftest import MEMORISE
 from PIL import Image
 
 from qwen3_lora.cli import main
-from qwen3_lora.evaluate import CHART_SIZE, render_markdown, run_eval
-from qwen3_lora.predict import Predictor, PredictorError
+from qwen3_lora.evaluation.report import CHART_SIZE, render_markdown, run_eval
+from qwen3_lora.inference.predictor import Predictor, PredictorError
 
 TASKS = ["问题场景分类", "问题类型分类", "问题回答", "文件名称提取"]
 

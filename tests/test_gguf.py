@@ -12,9 +12,10 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from qwen3_lora.config import TrainConfig
-from qwen3_lora.models import ModelSourceError, load_base_model, load_tokenizer
-from qwen3_lora.train import train
+from qwen3_lora.models.loading import load_base_model, load_tokenizer
+from qwen3_lora.models.source import ModelSourceError
+from qwen3_lora.training.config import TrainConfig
+from qwen3_lora.training.train import train
 
 pytestmark = pytest.mark.slow
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

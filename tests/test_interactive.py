@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import MEMORISE
 
-from qwen3_lora.interactive import Console, chat, repl, run_suite, run_test
+from qwen3_lora.evaluation.interactive import Console, chat, repl, run_suite, run_test
 
 EXTRACT = MEMORISE[5]
 QA = MEMORISE[4]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from qwen3_lora.encoding import IGNORE_INDEX, PadCollator, encode_example
-from qwen3_lora.prompt import render_example, render_prompt
+from qwen3_lora.prompt.encoding import IGNORE_INDEX, PadCollator, encode_example
+from qwen3_lora.prompt.render import render_example, render_prompt
 
 SAMPLES = [
     ("文件名称提取", "我有一批西安市地类图斑的数据，怎么进行发服务", "西安市地类图斑"),

@@ -8,7 +8,7 @@ from conftest import MEMORISE
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qwen3_lora.prompt import render_prompt
+from qwen3_lora.prompt.render import render_prompt
 
 
 def _greedy(model, tokenizer, prompt: str) -> str:

@@ -14,8 +14,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qwen3_lora.cli import main
-from qwen3_lora.merge import MergeError, merge_adapter
-from qwen3_lora.prompt import render_prompt
+from qwen3_lora.deploy.merge import merge_adapter
+from qwen3_lora.models.adapter import AdapterError
+from qwen3_lora.prompt.render import render_prompt
 
 
 def _prompts(tokenizer) -> torch.Tensor:
@@ -156,7 +157,7 @@ def test_merge_writes_weights_in_the_asked_dtype(tmp_path, tiny_model_dir, dtype
 
 
 def test_merge_refuses_a_folder_without_adapter_config(tmp_path, capsys):
-    with pytest.raises(MergeError, match=r"adapter_config\.json"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json"):
         merge_adapter(tmp_path, tmp_path / "out")
     assert main(["merge", "--adapter", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
@@ -166,7 +167,7 @@ def test_merged_model_serves_the_memorised_answers(merged_dir):
     """`serve --model <merged>`: the plain folder answers every task like base + adapter."""
     from fastapi.testclient import TestClient
 
-    from qwen3_lora.server import ServeConfig, create_app, load_predictor
+    from qwen3_lora.deploy.serve import ServeConfig, create_app, load_predictor
 
     config = ServeConfig(model=str(merged_dir), precision="fp32")
     assert not config.validate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen3_lora.metrics import (
+from qwen3_lora.evaluation.metrics import (
     INVALID,
     accuracy,
     char_f1,

@@ -12,9 +12,10 @@ import torch
 from conftest import MEMORISE
 
 from qwen3_lora.cli import main
-from qwen3_lora.encoding import IGNORE_INDEX, encode_example
-from qwen3_lora.predict import Prediction, Predictor, PredictorError
-from qwen3_lora.prompt import render_prompt
+from qwen3_lora.inference.predictor import Prediction, Predictor, PredictorError
+from qwen3_lora.models.adapter import AdapterError
+from qwen3_lora.prompt.encoding import IGNORE_INDEX, encode_example
+from qwen3_lora.prompt.render import render_prompt
 
 GENERATED = [s for s in MEMORISE if s["task"] in ("问题回答", "文件名称提取")]
 CLASSIFIED = [s for s in MEMORISE if s["task"] in ("问题场景分类", "问题类型分类")]
@@ -88,8 +89,8 @@ def test_batched_generation_equals_one_by_one(tuned):
     prompts.append(render_prompt(tuned.tokenizer, "问题回答", "数据清洗"))
     ids = [tuned.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     assert len({len(i) for i in ids}) > 1
-    batched = tuned._generate_ids(ids, max_new_tokens=24)
-    single = [tuned._generate_ids([i], max_new_tokens=24)[0] for i in ids]
+    batched = tuned.generate_ids(ids, max_new_tokens=24)
+    single = [tuned.generate_ids([i], max_new_tokens=24)[0] for i in ids]
     assert batched == single
     assert tuned.generate(prompts, max_new_tokens=24, batch_size=4) == [
         tuned.generate([p], max_new_tokens=24)[0] for p in prompts
@@ -120,7 +121,7 @@ def test_generated_thinking_is_stripped(base, monkeypatch):
     text = "<think>\nlet me see\n</think>\n\n西安市地类图斑"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     eot = tok.convert_tokens_to_ids("<|im_end|>")
-    monkeypatch.setattr(base, "_generate_ids", lambda ids_, **kw: [ids] * len(ids_))
+    monkeypatch.setattr(base, "generate_ids", lambda ids_, **kw: [ids] * len(ids_))
     (pred,) = base.predict("文件名称提取", ["x"])
     assert pred.output == "西安市地类图斑"
     assert base.chat([{"role": "user", "content": "hi"}], thinking=True) == (
@@ -129,7 +130,7 @@ def test_generated_thinking_is_stripped(base, monkeypatch):
     )
     monkeypatch.setattr(
         base,
-        "_generate_ids",
+        "generate_ids",
         lambda ids_, **kw: [tok("<think>\nstill going", add_special_tokens=False)["input_ids"]],
     )
     assert base.chat([{"role": "user", "content": "hi"}], thinking=True) == ("still going", "")
@@ -148,14 +149,14 @@ def test_user_errors_are_predictor_errors(base, tmp_path):
     with pytest.raises(PredictorError, match="unknown task"):
         base.predict("翻译", ["x"])
     with pytest.raises(PredictorError, match="only classification"):
-        base.predict("问题回答", ["x"], decode="score")
+        base.scorer("问题回答")
     with pytest.raises(PredictorError, match="decode"):
         base.predict("问题回答", ["x"], decode="beam")
     with pytest.raises(PredictorError, match="context"):
         base.predict("问题回答", ["长" * 3000])
-    with pytest.raises(PredictorError, match="does not exist"):
+    with pytest.raises(AdapterError, match="does not exist"):
         Predictor.load(adapter=str(tmp_path / "missing"))
-    with pytest.raises(PredictorError, match=r"neither adapter_config\.json"):
+    with pytest.raises(AdapterError, match=r"neither adapter_config\.json"):
         Predictor.load(adapter=str(tmp_path))
 
 

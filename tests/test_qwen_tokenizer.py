@@ -26,7 +26,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from qwen3_lora.qwen_tokenizer import load_qwen3_tokenizer
+    from qwen3_lora.models.qwen_tokenizer import load_qwen3_tokenizer
 
     return load_qwen3_tokenizer()
 
@@ -35,7 +35,11 @@ def tokenizer():
 def reference():
     """tiktoken itself, on the same ranks and split pattern (ordinary text, no added tokens)."""
     tiktoken = pytest.importorskip("tiktoken")
-    from qwen3_lora.qwen_tokenizer import QWEN_SPLIT_PATTERN, load_tiktoken_ranks, tiktoken_file
+    from qwen3_lora.models.qwen_tokenizer import (
+        QWEN_SPLIT_PATTERN,
+        load_tiktoken_ranks,
+        tiktoken_file,
+    )
 
     enc = tiktoken.Encoding(
         "qwen",
@@ -59,7 +63,7 @@ def test_known_qwen_ids(tokenizer):
 
 
 def test_added_tokens_sit_at_qwen3_ids(tokenizer):
-    from qwen3_lora.qwen_tokenizer import QWEN3_ADDED_TOKENS
+    from qwen3_lora.models.qwen_tokenizer import QWEN3_ADDED_TOKENS
 
     for offset, (content, _special) in enumerate(QWEN3_ADDED_TOKENS):
         assert tokenizer.convert_tokens_to_ids(content) == 151_643 + offset
@@ -72,7 +76,7 @@ def test_added_tokens_sit_at_qwen3_ids(tokenizer):
 
 
 def test_encodes_exactly_like_tiktoken(tokenizer, reference):
-    from qwen3_lora.dataset import load_builtin
+    from qwen3_lora.data.records import load_builtin
 
     texts = list(TEXTS)
     for record in load_builtin("train") + load_builtin("eval"):
@@ -84,7 +88,7 @@ def test_encodes_exactly_like_tiktoken(tokenizer, reference):
 
 
 def test_chat_prompt_ends_with_qwen3_empty_think_block(tokenizer):
-    from qwen3_lora.encoding import encode_example
+    from qwen3_lora.prompt.encoding import encode_example
 
     enc = encode_example(tokenizer, "问题场景分类", "数据清洗流程是什么？", "数据平台相关问题")
     prompt_len = enc.labels.count(-100)

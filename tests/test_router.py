@@ -8,9 +8,9 @@ import pytest
 from conftest import MEMORISE
 
 from qwen3_lora.cli import main
-from qwen3_lora.predict import Prediction, PredictorError
-from qwen3_lora.router import route
-from qwen3_lora.tasks import load_registry
+from qwen3_lora.data.registry import load_registry
+from qwen3_lora.inference.predictor import Prediction, PredictorError
+from qwen3_lora.inference.router import route
 
 
 class ScriptedPredictor:

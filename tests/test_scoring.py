@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qwen3_lora.encoding import IGNORE_INDEX, encode_example
-from qwen3_lora.predict import prompt_ids
-from qwen3_lora.scoring import LabelScorer, LabelTrie, label_answer_ids
-from qwen3_lora.tasks import load_registry
+from qwen3_lora.data.registry import load_registry
+from qwen3_lora.inference.predictor import prompt_ids
+from qwen3_lora.inference.scoring import LabelScorer, LabelTrie, label_answer_ids
+from qwen3_lora.prompt.encoding import IGNORE_INDEX, encode_example
 
 # A label set with a shared prefix: the first two share the token of 数据平台相关问题.
 SHARED = ["数据平台相关问题", "数据平台相关问题吗", "通用问题", "无关问题"]

@@ -30,17 +30,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+SLOW_SERVE = Path(__file__).with_name("slow_serve.py")
+
+
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
+    def __init__(self, args: list[str], log_path: Path, delay_ms: float | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
+        # A delay runs the server through the test-only launcher whose model calls sleep first.
+        launcher = [str(SLOW_SERVE), str(delay_ms)] if delay_ms else ["-m", "qwen3_lora", "serve"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qwen3_lora", "serve", *args, "--port", str(self.port)],
+            [sys.executable, *launcher, *args, "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -86,7 +91,7 @@ def servers(tmp_path_factory, memorised_adapter):
     busy = ServerProcess(
         [*common, "--max-concurrency", "1", "--max-queue", "1", "--request-timeout", "4"],
         logs / "busy.log",
-        env={"QWEN3_LORA_TEST_DELAY_MS": "2500"},
+        delay_ms=2500,
     )
     try:
         main.wait_ready()
@@ -329,7 +334,7 @@ def test_load_concurrent_task_requests_all_correct(server):
 def test_a_stream_left_early_closes_its_producer_and_frees_the_slot():
     """A client that goes away stops the generation (the producer is closed), and the model
     slot comes back only once the producer has ended."""
-    from qwen3_lora.server import ModelRunner, ServeConfig
+    from qwen3_lora.deploy.serve import ModelRunner, ServeConfig
 
     produced, closed = [], []
 
@@ -350,10 +355,10 @@ def test_a_stream_left_early_closes_its_producer_and_frees_the_slot():
             assert await stream.__anext__() == "0"
             await stream.aclose()  # the client disconnected
             for _ in range(200):  # the producer notices at its next piece
-                if runner._slots._value == 1:
+                if runner.admission._slots._value == 1:
                     break
                 await asyncio.sleep(0.01)
-            return runner._slots._value
+            return runner.admission._slots._value
         finally:
             runner.stop()
 

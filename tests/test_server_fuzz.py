@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from qwen3_lora.server import ServeConfig, create_app
+from qwen3_lora.deploy.serve import ServeConfig, create_app
 
 FUZZ = settings(
     max_examples=100,
@@ -93,7 +93,7 @@ task_bodies = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def client(memorised_adapter):
-    from qwen3_lora.predict import Predictor
+    from qwen3_lora.inference.predictor import Predictor
 
     predictor = Predictor.load(adapter=str(memorised_adapter), precision="fp32")
     config = ServeConfig(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from conftest import MEMORISE
 
-from qwen3_lora.spans import SpanLogitsProcessor, token_bytes
-from qwen3_lora.tiny import build_tokenizer
+from qwen3_lora.inference.spans import SpanLogitsProcessor, token_bytes
+from qwen3_lora.models.tiny import build_tokenizer
 
 TEXTS = [
     "我有一批西安市地类图斑的数据，怎么进行发服务",

@@ -20,16 +20,13 @@ import pytest
 import torch
 from conftest import MEMORISE
 
-from qwen3_lora import attention
-from qwen3_lora.config import TrainConfig
-from qwen3_lora.dropout import PackedBitsDropout
-from qwen3_lora.encoding import PadCollator, encode_example
-from qwen3_lora.models import load_tokenizer, resolve_precision
-from qwen3_lora.train import (
-    _lora_model,
-    causal_lm_loss,
-    chunked_cross_entropy,
-)
+from qwen3_lora.models.loading import load_tokenizer, resolve_precision
+from qwen3_lora.prompt.encoding import PadCollator, encode_example
+from qwen3_lora.training.config import TrainConfig
+from qwen3_lora.training.loss import causal_lm_loss, chunked_cross_entropy
+from qwen3_lora.training.speed import attention
+from qwen3_lora.training.speed.dropout import PackedBitsDropout
+from qwen3_lora.training.train import training_model
 
 CPU = torch.device("cpu")
 
@@ -48,7 +45,7 @@ def _batch(tokenizer) -> dict[str, torch.Tensor]:
 def _model(model_dir, precision: str, attention: str = "auto"):
     config = TrainConfig(base_model=str(model_dir), lora_dropout=0.0, attention=attention)
     torch.manual_seed(0)  # LoRA A's initialisation: the same adapter in every model
-    model = _lora_model(config, resolve_precision(precision, CPU), CPU)
+    model = training_model(config, resolve_precision(precision, CPU), CPU)[0]
     # PEFT starts LoRA B at zero; give it weights so the adapter path counts in the loss.
     gen = torch.Generator().manual_seed(0)
     for name, param in model.named_parameters():
@@ -190,12 +187,12 @@ def test_packed_bits_dropout_is_inverted_bernoulli_dropout(p):
 
 def test_training_uses_packed_bits_dropout_on_cpu(tiny_model_dir):
     config = TrainConfig(base_model=str(tiny_model_dir), lora_dropout=0.1)
-    model = _lora_model(config, resolve_precision("bf16", CPU), CPU)
+    model = training_model(config, resolve_precision("bf16", CPU), CPU)[0]
     dropouts = [d for m in model.modules() if hasattr(m, "lora_A") for d in m.lora_dropout.values()]
     assert dropouts and all(type(d) is PackedBitsDropout and d.p == 0.1 for d in dropouts)
-    no_dropout = _lora_model(
+    no_dropout = training_model(
         dataclasses.replace(config, lora_dropout=0.0), resolve_precision("bf16", CPU), CPU
-    )
+    )[0]
     assert not any(isinstance(m, torch.nn.Dropout) for m in no_dropout.modules())
 
 

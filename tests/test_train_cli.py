@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from qwen3_lora.cli import main
-from qwen3_lora.config import TrainConfig
-from qwen3_lora.train import train
+from qwen3_lora.training.config import TrainConfig
+from qwen3_lora.training.train import train
 
 EXPECTED_FILES = {
     "adapter_config.json",
@@ -194,7 +194,7 @@ def test_unsupported_setups_fail_with_a_clear_message(tmp_path, tiny_model_dir, 
 def test_modelscope_hub_ids_go_through_snapshot_download(monkeypatch, tiny_model_dir):
     import types
 
-    from qwen3_lora.models import resolve_model_source
+    from qwen3_lora.models.source import resolve_model_source
 
     calls = []
     fake = types.ModuleType("modelscope")

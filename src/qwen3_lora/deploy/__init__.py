@@ -1,0 +1,1 @@
+"""Getting a trained adapter into use: merging it into its base, and serving it over HTTP."""

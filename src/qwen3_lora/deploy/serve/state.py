@@ -1,0 +1,85 @@
+"""What every route of one server shares: the predictor, its runner, the settings, and the two
+checks every model request passes first (a known task, a prompt that fits the context)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from .errors import ApiError
+from .runner import ModelRunner
+from .settings import ServeConfig
+
+# Tokenize long texts off the event loop (fast tokenizers release the GIL).
+_TOKENIZE_INLINE_CHARS = 4096
+
+
+@dataclass
+class ServeState:
+    predictor: object
+    config: ServeConfig
+    runner: ModelRunner
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def tokenizer(self):
+        return self.predictor.tokenizer
+
+    @property
+    def registry(self):
+        return self.predictor.registry
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_name()
+
+    @property
+    def context_length(self) -> int:
+        model = int(self.predictor.context_length)
+        return min(model, self.config.max_context or model)
+
+    async def count_tokens(self, text: str) -> int:
+        def count() -> int:
+            return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+        if len(text) <= _TOKENIZE_INLINE_CHARS:
+            return count()
+        return await asyncio.to_thread(count)
+
+    def check_budget(self, prompt_tokens: int, requested: int | None, param: str) -> int:
+        """max_tokens after clamping to the cap; 400 when the prompt leaves no room for it."""
+        config, context_length = self.config, self.context_length
+        room = context_length - prompt_tokens
+        if requested is None:
+            max_tokens = min(config.default_max_tokens, config.max_tokens_cap, room)
+        else:
+            max_tokens = min(requested, config.max_tokens_cap)
+        if max_tokens < 1 or prompt_tokens + max_tokens > context_length:
+            raise ApiError(
+                400,
+                f"this model's context is {context_length} tokens; the prompt has "
+                f"{prompt_tokens} and max_tokens is {max_tokens}: shorten the input or lower "
+                f"max_tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return max_tokens
+
+    def resolve_task(self, name: str):
+        task = self.registry.get(name)
+        if task is None:
+            known = ", ".join(f"{t.name} ({t.id})" for t in self.registry.tasks)
+            raise ApiError(
+                404,
+                f"unknown task {name!r}; known tasks: {known}",
+                type="not_found_error",
+                param="task",
+                code="task_not_found",
+            )
+        return task
+
+
+def log_fields(request) -> dict:
+    """The request's fields for its access-log line (`middleware.AccessLog`)."""
+    return request.scope.setdefault("qwen3_lora.log", {})

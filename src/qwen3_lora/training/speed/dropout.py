@@ -1,0 +1,127 @@
+"""LoRA dropout on CPU: the same independent Bernoulli(p) drops as `nn.Dropout`, cheaper masks.
+
+`PackedBitsDropout` for eager steps (masks from packed random words), `HashDropout` for compiled
+ones (masks from an integer hash that inductor fuses into the adapter input's loop). Both are
+swapped in for PEFT's `nn.Dropout` by `use_packed_bits_dropout` / `use_hash_dropout`; CUDA keeps
+`nn.Dropout`. tests/test_speed_paths.py and tests/test_compiled.py check their statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PackedBitsDropout(torch.nn.Dropout):
+    """Inverted dropout that draws its mask from 64-bit random words, four elements per word.
+
+    On CPU, `nn.Dropout` asks the generator for one number per element, a visible share of a
+    step's time with LoRA on seven modules (benchmarks/results/LATEST.md). Here each element
+    keeps a 15-bit slice of a random word and is dropped when the slice is below
+    round(p * 2^15): every element is an independent Bernoulli draw with p rounded to 1/32768
+    (0.1 -> 0.100006), the kept ones scaled by 1 / (1 - that p), so the expectation is
+    unchanged. Same generator and
+    seed as `nn.Dropout`; identity in eval mode. One random word serves four elements, so the
+    mask is several times cheaper to draw.
+    """
+
+    SLICE = 1 << 15
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        threshold = round(self.p * self.SLICE)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        # int64 random_ draws from [0, 2^63): the top slice has 15 random bits, the others 16.
+        slices = words.view(torch.int16)[:n].view(x.shape).bitwise_and_(self.SLICE - 1)
+        keep = slices >= threshold
+        return torch.where(keep, x * (self.SLICE / (self.SLICE - threshold)), 0)
+
+
+def use_packed_bits_dropout(model: torch.nn.Module) -> int:
+    """Swap the LoRA layers' dropout for `PackedBitsDropout`; returns how many."""
+    return swap_lora_dropout(model, PackedBitsDropout)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32): int64 products, never overflowing."""
+    if c < 1 << 31:
+        return (x * c) & _M32
+    # x * c = x * (c - 2^31) + x * 2^31, and x * 2^31 mod 2^32 is only x's lowest bit.
+    return (x * (c - (1 << 31)) + ((x & 1) << 31)) & _M32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """Chris Wellons' `lowbias32` integer hash, element-wise on int64 values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+class HashDropout(torch.nn.Dropout):
+    """Inverted dropout whose mask is a hash of (element index, a per-module call counter).
+
+    Element i of call n is kept when hash32(hash32(i) ^ seed_n) >= round(p * 2^32), seed_n =
+    (seed_0 + n) mod 2^32, seed_0 drawn from torch's generator when the module is made (so
+    `set_seed` makes runs repeat): a Bernoulli(p) draw per element, p rounded to 1/2^32, kept
+    values scaled by 1 / (1 - p). The mask is integer arithmetic only, which inductor fuses
+    into one vectorised loop and can recompute in backward instead of storing; its CPU code for
+    torch's random numbers and for boolean tensors is several times slower. In eager mode it is
+    slower than `PackedBitsDropout`: use it in compiled graphs. Not for gradient
+    checkpointing (a recomputed forward would draw the next call's mask). The counters are not
+    saved: after `--resume` the masks differ from an uninterrupted run's. Identity in eval mode.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        seed = torch.randint(0, 1 << 32, (), dtype=torch.int64)
+        self.register_buffer("seed", seed, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        seed = self.seed
+        if not torch.compiler.is_compiling():
+            self.advance()
+        index = torch.arange(x.numel(), dtype=torch.int64, device=x.device).view(x.shape)
+        threshold = round(self.p * (1 << 32))
+        # ((h - t) >> 63) is -1 where h < t: +1 gives 1 for kept elements, 0 for dropped ones.
+        keep = ((hash32(hash32(index) ^ seed) - threshold) >> 63) + 1
+        # Scale after masking: the Python float scale is applied in fp32 and rounded once (a
+        # bf16 copy of 1 / (1 - p) would bias every kept value).
+        return (x * keep.to(x.dtype)) * ((1 << 32) / ((1 << 32) - threshold))
+
+    def advance(self) -> None:
+        """Move to the next call's seed: a new tensor, never an in-place update of the old one.
+
+        A compiled graph's backward may recompute the mask from the seed it was given instead
+        of keeping the mask; mutating that tensor in place made backward use the next call's
+        mask (wrong input gradients; tests/test_compiled.py). Inside a compiled graph the seed
+        is only read: `qwen3_lora.compiled` advances each layer's dropouts after the call.
+        """
+        self.seed = (self.seed + 1) & _M32
+
+
+def use_hash_dropout(model: torch.nn.Module) -> int:
+    """Swap the LoRA layers' dropout for `HashDropout`; returns how many."""
+    return swap_lora_dropout(model, HashDropout)
+
+
+def swap_lora_dropout(model: torch.nn.Module, kind: type[torch.nn.Dropout]) -> int:
+    """Make every LoRA dropout (p > 0) of `model` a `kind`; returns how many changed."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict):
+            continue
+        for name, dropout in dropouts.items():
+            if isinstance(dropout, torch.nn.Dropout) and type(dropout) is not kind and dropout.p:
+                device = next(module.parameters()).device
+                dropouts[name] = kind(dropout.p).to(device)
+                swapped += 1
+    return swapped

@@ -1,0 +1,74 @@
+"""The Trainer subclass that trains with our loss, and the callback that writes metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..models.loading import Precision
+from .loss import causal_lm_loss
+
+
+class TokenCounter:
+    """Non-pad tokens the model has trained on, shared by the Trainer and the metrics logger."""
+
+    def __init__(self):
+        self.seen = 0
+
+
+class LoraTrainer(Trainer):
+    """A Trainer whose loss uses `causal_lm_loss` under the run's autocast, and counts tokens."""
+
+    def __init__(
+        self, *args, precision: Precision, labels_only: bool, tokens: TokenCounter, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.precision = precision
+        self.labels_only = labels_only
+        self.tokens = tokens
+        # Our loss divides by the batch's supervised-token count, so gradient accumulation is exact.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.tokens.seen += int(inputs["attention_mask"].sum())
+        dtype = self.precision.autocast_dtype
+        device_type = inputs["input_ids"].device.type
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = causal_lm_loss(model, inputs, num_items_in_batch, self.labels_only)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens; DDP averages the gradients again.
+            loss = loss * self.accelerator.num_processes
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+class MetricsLogger(TrainerCallback):
+    """Append every log (loss, lr, eval loss) to metrics.jsonl with non-pad tokens/s."""
+
+    def __init__(self, path: Path, tokens: TokenCounter):
+        self.path = path
+        self.tokens = tokens
+        self._last = (time.perf_counter(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), self.tokens.seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        if "loss" in logs:
+            now, tokens = time.perf_counter(), self.tokens.seen
+            elapsed = now - self._last[0]
+            record["tokens_per_s"] = (
+                round((tokens - self._last[1]) / elapsed, 2) if elapsed else 0.0
+            )
+            logs["tokens_per_s"] = record["tokens_per_s"]
+            self._last = (now, tokens)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
