@@ -238,3 +238,38 @@ def test_closing_a_stream_stops_the_generation(base, monkeypatch):
     stopped_at = len(steps)
     time.sleep(0.5)  # a generation left running would go on stepping meanwhile
     assert len(steps) == stopped_at < 50, (stopped_at, len(steps))
+
+
+def _head_copies(predictor, run) -> list[str]:
+    """The ops of `run()` that multiply against a batch-expanded copy of the LM head."""
+    from torch.profiler import profile
+
+    vocab = predictor.model.get_output_embeddings().weight.shape[0]
+    with profile(record_shapes=True) as prof:
+        run()
+    return [
+        f"{e.name} {e.input_shapes}"
+        for e in prof.events()
+        if e.name in ("aten::bmm", "aten::contiguous", "aten::clone")
+        and any(len(s) == 3 and vocab in s for s in e.input_shapes if isinstance(s, list))
+    ]
+
+
+def test_the_lm_head_is_never_copied_with_frozen_weights(tuned):
+    # PEFT freezes the base, so a strided slice of the hidden states (an int `logits_to_keep`)
+    # used to send the head through bmm over a contiguous copy of the whole weight per row.
+    assert not tuned.model.get_output_embeddings().weight.requires_grad
+    texts = [s["input"] for s in MEMORISE]
+    prompts = [render_prompt(tuned.tokenizer, s["task"], s["input"]) for s in MEMORISE]
+    runs = {
+        "score": lambda: tuned.predict("问题场景分类", texts, decode="score"),
+        "score one": lambda: tuned.predict("问题场景分类", texts[:1], decode="score"),
+        "span": lambda: tuned.predict("文件名称提取", texts, decode="span", max_new_tokens=4),
+        "generate": lambda: tuned.generate(prompts, max_new_tokens=4),
+        "generate one": lambda: tuned.generate(prompts[:1], max_new_tokens=4),
+        "stream": lambda: "".join(tuned.stream(prompts[0], max_new_tokens=4)),
+    }
+    for name, run in runs.items():
+        assert _head_copies(tuned, run) == [], name
+        with tuned.without_adapter():
+            assert _head_copies(tuned, run) == [], f"{name} without the adapter"

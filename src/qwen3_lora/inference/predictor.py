@@ -33,6 +33,7 @@ from .decode import decode_for
 from .errors import PredictorError
 from .generation import generate_ids, generation_kwargs, stream_text
 from .scoring import LabelScorer
+from .speed import speed_up
 
 __all__ = ["Prediction", "Predictor", "PredictorError", "prompt_ids"]
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Predictor:
         precision: str = "",
     ):
         self.model = model.eval()
+        # Frozen weights (an adapter, a model merged in memory) must not copy the LM head.
+        speed_up(self.model)
         self.tokenizer = tokenizer
         self.registry = registry or load_registry()
         self.base_model = base_model

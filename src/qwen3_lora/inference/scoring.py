@@ -188,13 +188,17 @@ class LabelScorer:
         mask = torch.zeros((batch, 1, total, total), dtype=dtype, device=device)
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
-        # Only the last prompt column and the trie nodes predict label tokens.
+        # Only the last prompt column and the trie nodes predict label tokens. Given as positions,
+        # they are gathered into a contiguous block; an int `logits_to_keep` slices a strided view,
+        # for which torch copies the whole LM head when its weights are frozen (any adapter or
+        # merged model; see `speed.FoldedLinear`).
+        keep = torch.arange(width - 1, total, device=device)
         logits = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=False,
-            logits_to_keep=len(inner) + 1,
+            logits_to_keep=keep,
         ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         source = [0 if p < 0 else slot[p] + 1 for p in trie.parents]
