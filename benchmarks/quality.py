@@ -39,8 +39,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import commit, machine, write_result, write_text
-from benchmarks.quality_report import misses, read_metrics, render_quality_markdown, train_summary
+from benchmarks.common import commit, machine, render_block, write_result, write_text
+from benchmarks.quality_report import (
+    check_targets,
+    misses,
+    read_metrics,
+    readme_block,
+    render_quality_markdown,
+    train_summary,
+)
 from qwen3_lora.data.records import load_builtin
 from qwen3_lora.evaluation.report import run_eval
 from qwen3_lora.inference.predictor import Predictor
@@ -54,6 +61,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORK_DIR = Path("outputs/quality-bench")
 MARKER = ".quality-bench"  # the benchmark only ever deletes a folder holding this file
 COMMAND = "python -m benchmarks.quality"
+README_BLOCK = "quality"
 
 # The recipe: TrainConfig values that differ from the defaults (configs/qwen3-0.6b-lora.yaml),
 # each with the reason, which the report repeats.
@@ -150,30 +158,6 @@ def _eval_subset(folder: Path, per_task: int) -> Path:
     return path
 
 
-def _check_targets(models: dict) -> list[dict]:
-    rows = []
-    for task, metric, target in TARGETS:
-        base = models.get("base", {}).get(task, {}).get("metrics", {}).get(metric)
-        tuned = models.get("tuned", {}).get(task, {}).get("metrics", {}).get(metric)
-        if isinstance(target, str):
-            needed = None if base is None else base + float(target.removeprefix("base+"))
-        else:
-            needed = target
-        met = None if tuned is None or needed is None else tuned >= needed - 1e-9
-        rows.append(
-            {
-                "task": task,
-                "metric": metric,
-                "target": target,
-                "needed": needed,
-                "base": base,
-                "tuned": tuned,
-                "met": met,
-            }
-        )
-    return rows
-
-
 def _recipe(smoke: bool, overrides: dict | None, gguf: Path, work: Path):
     """(config, the resolved recipe, its changes from the defaults)."""
     values = {
@@ -245,7 +229,7 @@ def _summary(run: dict, result, predictor, evaluation, timings: dict) -> dict:
             "eval_base": report["seconds"].get("base", 0.0),
             "eval_tuned": report["seconds"]["tuned"],
         },
-        "targets": _check_targets(report["models"]),
+        "targets": check_targets(report["models"], TARGETS),
         "misses": misses(tuned_rows),
         "eval_report": report,
         "notes": list(run["notes"] or []),
@@ -329,6 +313,8 @@ def run(
     write_text(out / "quality.md", render_quality_markdown(summary))
     if not smoke and not per_task and not skip_base:
         write_text(Path(results_dir) / "QUALITY.md", render_quality_markdown(summary, f"{name}/"))
+        if Path(results_dir).resolve() == RESULTS_DIR.resolve():
+            render_block(README_BLOCK, readme_block([(summary, out / "quality.json")]))
     summary["output_dir"] = str(out)
     return summary
 
@@ -365,7 +351,20 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads (default: all cores; 1 on a machine busy with other work)",
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        metavar="QUALITY_JSON",
+        help="only rewrite the README's quality table: the run of record's quality.json, then "
+        "any further runs' (a line each)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        runs = [(json.loads(p.read_text("utf-8")), p) for p in args.render]
+        body = readme_block(runs)
+        print(body)
+        return 0 if render_block(README_BLOCK, body) else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file; never reach a hub

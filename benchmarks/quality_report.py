@@ -50,6 +50,31 @@ def misses(rows: list[dict]) -> dict[str, list[dict]]:
     return found
 
 
+def check_targets(models: dict, targets: list) -> list[dict]:
+    """Each (task, metric, target) against base and tuned; \"base+X\" means beat base by X."""
+    rows = []
+    for task, metric, target in targets:
+        base = models.get("base", {}).get(task, {}).get("metrics", {}).get(metric)
+        tuned = models.get("tuned", {}).get(task, {}).get("metrics", {}).get(metric)
+        if isinstance(target, str):
+            needed = None if base is None else base + float(target.removeprefix("base+"))
+        else:
+            needed = target
+        met = None if tuned is None or needed is None else tuned >= needed - 1e-9
+        rows.append(
+            {
+                "task": task,
+                "metric": metric,
+                "target": target,
+                "needed": needed,
+                "base": base,
+                "tuned": tuned,
+                "met": met,
+            }
+        )
+    return rows
+
+
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -208,4 +233,41 @@ def render_quality_markdown(summary: dict, link_prefix: str = "") -> str:
     ]
     if summary.get("notes"):
         lines += ["## Notes", "", *summary["notes"], ""]
+    return "\n".join(lines)
+
+
+def _link(path: Path) -> str:
+    folder = path.parent.name
+    return f"[{folder}](benchmarks/results/{folder}/quality.md)"
+
+
+def readme_block(runs: list[tuple[dict, Path]]) -> str:
+    """The README's quality table: the first run's targets; one line per further run."""
+    summary, path = runs[0]
+    tuned = summary["eval_report"]["models"]["tuned"]
+    sha = summary.get("commit", {}).get("sha")
+    made = f"commit `{sha[:12]}`" if sha else "commit not recorded (the file predates it)"
+    changes = ", ".join(f"{k} {v}" for k, v in summary["recipe_changes"].items()) or "none"
+    lines = [
+        f"{_link(path)} (`{summary['command']}`, {_minutes(summary['timings_s']['total'])}, "
+        f"{summary['host']['threads']} thread(s) on a {summary['host']['cpu_count']}-core "
+        f"machine; {made}): {summary['data']['train_samples']} training samples, "
+        f"{summary['eval_report']['samples']} held out; recipe changes: {changes}.",
+        "",
+        "| task | metric | n | base | tuned | target | met | one answer (at most) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in summary["targets"]:
+        entry = tuned[t["task"]]
+        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        lines.append(
+            f"| {t['task']} `{entry['id']}` | {t['metric']} | {entry['n']} | {_fmt(t['base'])} | "
+            f"{_fmt(t['tuned'])} | {_goal(t['target'])} | {met} | {1 / entry['n']:.3f} |"
+        )
+    for other, other_path in runs[1:]:
+        figures = ", ".join(
+            f"{other['eval_report']['models']['tuned'][t['task']]['id']} {_fmt(t['tuned'])}"
+            for t in other["targets"]
+        )
+        lines += ["", f"Also {_link(other_path)} (`{other['command']}`): tuned {figures}."]
     return "\n".join(lines)

@@ -3,12 +3,16 @@ micro-batches and waits for the driver between windows."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
+import torch
 from transformers import TrainerCallback
 
 from benchmarks.common import reset_peak_rss, rss_bytes
+from benchmarks.flops import causal_pairs
 
+IGNORE_INDEX = -100
 _STARTED = time.perf_counter()
 
 
@@ -17,23 +21,45 @@ def since_start() -> float:
     return round(time.perf_counter() - _STARTED, 2)
 
 
+def sequence_lengths(kwargs: dict) -> list[int]:
+    """Each sequence's non-pad length in a forward call: from the attention mask, from restarts
+    of `position_ids` (padding-free batches: one flattened row, no mask), or whole rows."""
+    ids = kwargs["input_ids"]
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        return [int(n) for n in mask.sum(-1).flatten()]
+    positions = kwargs.get("position_ids")
+    if positions is not None:
+        lengths = []
+        for row in positions.reshape(-1, positions.shape[-1]):
+            starts = [*(row == 0).nonzero().flatten().tolist(), row.numel()]
+            lengths += [b - a for a, b in itertools.pairwise(starts) if b > a]
+        return lengths
+    return [ids.shape[-1]] * ids.reshape(-1, ids.shape[-1]).shape[0]
+
+
 class Pacer(TrainerCallback):
     """A Trainer callback that times the training in windows of micro-batches.
 
     After every `every` micro-batches it reports the window and blocks until the driver says
-    go; the wait is not timed. Useful tokens are counted by a forward pre-hook on the trained
-    model: the attention-mask sum, i.e. non-pad tokens.
+    go; the wait is not timed. A forward pre-hook on the trained model counts, per window:
+    useful tokens (non-pad: the attention-mask sum), positions, causal attention pairs and
+    supervised targets. With a `supervised` table (non-pad input ids -> that sample's targets
+    under ours' mask: answer and <|im_end|>) each row is looked up there: ours computes its loss
+    outside the model, and the spec-style labels cover padding too. Without one, the targets are
+    those of the call's `labels` (TRL's).
     """
 
-    def __init__(self, conn, every: int):
+    def __init__(self, conn, every: int, supervised: dict[tuple, int] | None = None):
         self.conn = conn
         self.every = every
+        self.supervised_by_ids = supervised or {}
         self.micro = 0
         self.started = 0.0
         self._zero()
 
     def _zero(self) -> None:
-        self.tokens = self.positions = 0
+        self.tokens = self.positions = self.pairs = self.supervised = self.unknown = 0
 
     def _count(self, module, args, kwargs):
         if not module.training or kwargs.get("input_ids") is None:
@@ -41,6 +67,19 @@ class Pacer(TrainerCallback):
         ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
         self.positions += ids.numel()
         self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+        self.pairs += causal_pairs(sequence_lengths(kwargs))
+        labels = kwargs.get("labels")
+        if not self.supervised_by_ids:
+            if labels is not None:
+                self.supervised += int((labels[..., 1:] != IGNORE_INDEX).sum())
+            return
+        for i, row in enumerate(ids):
+            key = tuple(row[mask[i].bool()].tolist() if mask is not None else row.tolist())
+            found = self.supervised_by_ids.get(key)
+            if found is None:
+                self.unknown += 1
+            else:
+                self.supervised += found
 
     def _wait(self):
         if self.conn.recv() != "go":
@@ -70,6 +109,9 @@ class Pacer(TrainerCallback):
                 "micro": self.micro,
                 "tokens": self.tokens,
                 "positions": self.positions,
+                "pairs": self.pairs,
+                "supervised": self.supervised,
+                "unknown_rows": self.unknown,
                 "seconds": seconds,
                 "rss": rss_bytes(),
                 **extra,
@@ -92,3 +134,13 @@ class Pacer(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._send_window(final=True)
+
+
+def supervised_lookup(tokenizer, records, max_length: int) -> dict[tuple, int]:
+    """Non-pad input ids of each encoded sample -> its supervised targets (ours' encoding)."""
+    from qwen3_lora.prompt.encoding import encode_records
+
+    encoded, _ = encode_records(tokenizer, records, max_length)
+    return {
+        tuple(e.input_ids): int((torch.tensor(e.labels[1:]) != IGNORE_INDEX).sum()) for e in encoded
+    }

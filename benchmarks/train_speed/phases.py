@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import math
 import random
 import shutil
@@ -22,6 +23,7 @@ from benchmarks.common import (
     load_average,
     machine,
 )
+from benchmarks.flops import lora_params
 from benchmarks.train_speed import figures
 from benchmarks.train_speed.driver import Run, Worker
 
@@ -51,7 +53,15 @@ def _prepare(args, report: dict, workdir: Path) -> tuple[Path, Path]:
     t = time.perf_counter()
     report["model"] = build_model_folder(tokenizer, TINY if args.smoke else QWEN3_SHAPE, model_dir)
     report["model"]["build_seconds"] = round(time.perf_counter() - t, 1)
-    return model_dir, subset_file
+    report["model"]["lora_params"] = _lora_params(report["model"]["shape"])
+    return model_dir, subset_file, tokenizer
+
+
+def _lora_params(shape: dict) -> int:
+    from qwen3_lora.training.config import TrainConfig
+
+    recipe = TrainConfig()
+    return lora_params(shape, recipe.lora_r, recipe.target_modules)
 
 
 def _phase_interleaved(bench: Run, common: dict, subset_file: Path, workdir: Path) -> list:
@@ -69,6 +79,50 @@ def _phase_interleaved(bench: Run, common: dict, subset_file: Path, workdir: Pat
     bench.interleave_and_close(workers)
     bench.measure_peak("after phase 1")
     return workers
+
+
+def _peer_arms(args) -> list[tuple[str, str, dict]]:
+    """(name, worker kind, options) of phase 1b: ours (eager, and compiled as a full run
+    compiles it) and every TRL variant."""
+    from benchmarks.train_speed.trl_arm import VARIANTS
+
+    arms = [("ours", "ours", {})]
+    if not args.smoke:  # a tiny model's compile costs more than its whole run
+        arms.append(("ours_compiled", "ours", {"overrides": {"torch_compile": "on"}}))
+    return arms + [(name, "trl", {"variant": name}) for name in VARIANTS]
+
+
+def _phase_peers(bench: Run, common: dict, report: dict, workdir: Path, tokenizer) -> dict:
+    """Phase 1b: ours against TRL's SFTTrainer variants on the same samples, interleaved."""
+    from qwen3_lora.data.records import load_builtin
+
+    args = bench.args
+    subset = random.Random(args.seed + 1).sample(load_builtin("train"), args.trl_samples)
+    subset_file = workdir / "peer-subset.jsonl"
+    figures.write_jsonl(subset_file, subset)
+    report["peer_subset"] = figures.dataset_stats(tokenizer, subset)
+    arms = _peer_arms(args)
+    print(
+        f"phase 1b: ours vs TRL on {args.trl_samples} samples: {[a[0] for a in arms]}", flush=True
+    )
+    workers = [
+        Worker(
+            name,
+            kind,
+            {
+                **common,
+                **extra,
+                "data": str(subset_file),
+                "output_dir": str(workdir / name),
+                "every": 1,
+            },
+            workdir,
+        )
+        for name, kind, extra in arms
+    ]
+    bench.interleave_and_close(workers)
+    bench.measure_peak("after phase 1b")
+    return {"workers": workers, "samples": len(subset)}
 
 
 def _phase_epoch(bench: Run, common: dict, report: dict, workdir: Path, batch: int) -> dict:
@@ -98,19 +152,23 @@ def _phase_epoch(bench: Run, common: dict, report: dict, workdir: Path, batch: i
                 bench.measure_peak(f"epoch micro-batch {msg['micro']}")
     finally:
         worker.close()
-    epoch = figures.epoch_figures(worker, report["dataset"]["tokens"], micro_per_epoch)
+    epoch = figures.epoch_figures(
+        worker, report["model"], report["dataset"]["tokens"], micro_per_epoch
+    )
     bench.measure_peak("after phase 2")
     return epoch
 
 
-def _phase_inference(args, common: dict, workdir: Path, adapter: Path | None) -> dict:
-    """Phase 3: inference through Predictor (with the adapter phase 2 trained, if complete)."""
-    print("phase 3: inference (label scoring, generation)", flush=True)
+def _phase_inference(args, common: dict, workdir: Path, adapter: Path) -> tuple[dict, dict]:
+    """Phase 3: inference through Predictor, the base alone and with an adapter `train()`
+    wrote, in one process, taking turns measurement by measurement."""
+    print("phase 3: inference (label scoring, generation), base and with the adapter", flush=True)
     opts = {
         **common,
-        "adapter": str(adapter) if adapter else None,
+        "adapter": str(adapter),
         "queries": 8,
         "new_tokens": 4 if args.smoke else 16,
+        "rounds": 1 if args.smoke else args.inference_rounds,
     }
     worker = Worker("infer", "infer", opts, workdir)
     try:
@@ -118,13 +176,14 @@ def _phase_inference(args, common: dict, workdir: Path, adapter: Path | None) ->
         worker.conn.send("go")
         worker.receive()
         result = worker.done["result"]
-        result["peak_rss_gb"] = worker.done["lifetime_peak_rss"] / GB
-        return result
+        for figures_ in result.values():
+            figures_["peak_rss_gb"] = worker.done["lifetime_peak_rss"] / GB
+        return result["adapter"], result["base"]
     finally:
         worker.close()
 
 
-def _summarise(report: dict, bench: Run, workers: list, epoch: dict | None) -> None:
+def _summarise(report: dict, bench: Run, workers: list, epoch: dict | None, peers) -> None:
     peak = {
         "bf16_gflops": max(p["bf16_gflops"] for p in bench.peaks),
         "fp32_gflops": max(p["fp32_gflops"] for p in bench.peaks),
@@ -137,6 +196,9 @@ def _summarise(report: dict, bench: Run, workers: list, epoch: dict | None) -> N
     report["ours"] = ours
     report["speedup"] = figures.speedup(spec, ours)
     report["targets"] = figures.targets(report)
+    if peers:
+        report["peers"] = figures.peer_figures(peers["workers"], report["model"], peak)
+    report["issue20_targets"] = figures.issue20_targets(report)
 
 
 def run(args) -> dict:
@@ -151,7 +213,7 @@ def run(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="train-speed-"))
     try:
         print(f"tokenizer, model and data in {workdir}", flush=True)
-        model_dir, subset_file = _prepare(args, report, workdir)
+        model_dir, subset_file, tokenizer = _prepare(args, report, workdir)
         defaults = TrainConfig()
         report["ours_batching"] = f"{defaults.batch_size} x {defaults.grad_accum}"
         print(f"model: {report['model']}", flush=True)
@@ -159,13 +221,22 @@ def run(args) -> dict:
         bench = Run(args)
         bench.measure_peak("start")
         workers = _phase_interleaved(bench, common, subset_file, workdir)
+        peers = None
+        if not args.no_trl and importlib.util.find_spec("trl") is None:
+            report["peers_skipped"] = "trl is not installed: pip install -e '.[bench]'"
+            print(f"phase 1b skipped: {report['peers_skipped']}", flush=True)
+        elif not args.no_trl:
+            peers = _phase_peers(bench, common, report, workdir, tokenizer)
         epoch = None
         if not args.no_epoch:
             epoch = _phase_epoch(bench, common, report, workdir, defaults.batch_size)
         if not args.no_inference:
-            adapter = workdir / "epoch" if epoch and epoch["complete"] else None
-            report["inference"] = _phase_inference(args, common, workdir, adapter)
-        _summarise(report, bench, workers, epoch)
+            # The epoch's adapter when it ran to the end; else the one phase 1's (b) wrote.
+            adapter = workdir / ("epoch" if epoch and epoch["complete"] else "b")
+            report["inference"], report["inference_base"] = _phase_inference(
+                args, common, workdir, adapter
+            )
+        _summarise(report, bench, workers, epoch, peers)
         report["load_average_end"] = load_average()
         report["seconds_total"] = round(time.perf_counter() - started, 1)
         if args.keep:
@@ -226,6 +297,7 @@ def ablate(args) -> dict:
         model_dir = workdir / "model"
         arch = TINY if args.smoke else QWEN3_SHAPE
         report["model"] = build_model_folder(tokenizer, arch, model_dir)
+        report["model"]["lora_params"] = _lora_params(report["model"]["shape"])
         workers = _ablation_workers(args, model_dir, subset_file, workdir)
         Run(args).interleave_and_close(workers)
         base = None

@@ -6,8 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.common import write_text
-from benchmarks.train_speed.figures import three_epochs
+from benchmarks.common import render_block, write_text
+from benchmarks.train_speed.figures import three_epochs, three_epochs_needed_util
+from benchmarks.train_speed.tables import (
+    inference_side_by_side,
+    inference_table,
+    issue20_table,
+    peers_table,
+)
 from benchmarks.train_speed.workers import SPEC_BATCH_SIZE, SPEC_GRAD_ACCUM, SPEC_MAX_LENGTH
 
 
@@ -90,6 +96,7 @@ def _comparison_table(report: dict) -> list[str]:
             f"{spec['util_bf16']:.1%}",
             f"{ours['util_bf16']:.1%}" + epoch_util,
         ),
+        *_needed_row(report),
         _row(
             "FLOP utilisation vs fp32 peak", f"{spec['util_fp32']:.1%}", f"{ours['util_fp32']:.1%}"
         ),
@@ -99,6 +106,39 @@ def _comparison_table(report: dict) -> list[str]:
             f"{ours['util_bf16_nonembedding']:.1%} (bf16)",
         ),
     ]
+
+
+def _needed_row(report: dict) -> list[str]:
+    """Utilisation from the FLOPs the step needs (runs from 2026-12 on measure it)."""
+    spec, ours = report["spec_style"], report["ours"]
+    if "util_bf16_needed" not in ours:
+        return []
+    epoch = ours.get("epoch", {})
+    more = ""
+    if "util_bf16_needed" in epoch:
+        more = (
+            f" (epoch: {epoch['util_bf16_needed']:.1%}; 3 epochs: "
+            f"{three_epochs_needed_util(report):.1%})"
+        )
+    return [
+        _row(
+            "FLOP utilisation vs bf16 peak (FLOPs the step needs, below)",
+            f"{spec['util_bf16_needed']:.1%}",
+            f"{ours['util_bf16_needed']:.1%}" + more,
+        )
+    ]
+
+
+FLOPS_NOTE = (
+    "FLOPs the step needs (`benchmarks/flops.py`): 4 x the decoder's linear weights x non-pad "
+    "tokens (forward and input gradients; frozen weights need no weight gradients) + 4 x hidden "
+    "x vocabulary x supervised targets (the LM head forward and backward, only where a next "
+    "token is supervised) + 12 x layers x heads x head_dim x causal (query, key) pairs "
+    "(QK^T and AV, forward and backward) + 6 x LoRA parameters x tokens. Supervised targets "
+    "are ours' (answer and `<|im_end|>`) for (a) and (b), TRL's own labels for (c). The old "
+    "figure counts 4 x all parameters x tokens: the embedding lookup as a matmul, and the LM "
+    "head at every position."
+)
 
 
 def _comparison_note(report: dict) -> str:
@@ -123,6 +163,8 @@ def _comparison_note(report: dict) -> str:
             f"{subset['samples']}-sample run is too short for auto to "
             "compile, so (b)'s interleaved figures are eager."
         )
+    if "util_bf16_needed" in ours:
+        text += "\n\n" + FLOPS_NOTE
     return text
 
 
@@ -140,29 +182,6 @@ def _targets_table(report: dict) -> list[str]:
     return lines
 
 
-def inference_table(inf: dict) -> list[str]:
-    """Label scoring and generation figures of one `Predictor` (base or with the adapter)."""
-    return [
-        f"Inference through `Predictor` ({inf['precision']}, "
-        + (
-            "base + the LoRA adapter trained above"
-            if inf.get("adapter")
-            else "base model without adapter: the epoch was cut by its time budget"
-        )
-        + f"; {inf['queries']} eval queries, prompts "
-        f"{inf['prompt_tokens_mean']:.0f} tokens on average):",
-        "",
-        "| | batch 1 | batch 8 |",
-        "|---|---|---|",
-        f"| label scoring, ms per query | {inf['score_ms_per_query_b1']:.0f} | "
-        f"{inf['score_ms_per_query_b8']:.0f} |",
-        f"| generation of {inf['new_tokens']} tokens, ms per query | "
-        f"{inf['generate_ms_per_query_b1']:.0f} | {inf['generate_ms_per_query_b8']:.0f} |",
-        f"| generation, new tokens/s | {inf['generate_tokens_per_s_b1']:.1f} | "
-        f"{inf['generate_tokens_per_s_b8']:.1f} |",
-    ]
-
-
 def markdown(report: dict) -> str:
     """The run's section of LATEST.md."""
     lines = [
@@ -174,7 +193,13 @@ def markdown(report: dict) -> str:
         "",
         *_targets_table(report),
     ]
-    if report.get("inference"):
+    if "peers" in report:
+        lines += ["", *peers_table(report)]
+    if report.get("issue20_targets"):
+        lines += ["", *issue20_table(report)]
+    if "inference_base" in report:
+        lines += ["", *inference_side_by_side(report)]
+    elif report.get("inference"):
         lines += ["", *inference_table(report["inference"])]
     return "\n".join(lines) + "\n"
 
@@ -250,3 +275,50 @@ def latest_markdown(folder: Path, report: dict) -> str:
 
 def write_latest(folder: Path, report: dict) -> Path:
     return write_text(folder / "LATEST.md", latest_markdown(folder, report))
+
+
+def _source_line(report: dict, path: Path) -> str:
+    """Which run, on what, from which commit, in which file."""
+    m, ds, peak = report["machine"], report["dataset"], report["matmul_peak"]
+    sha = report.get("commit", {}).get("sha")
+    made = (
+        f"commit `{sha[:12]}`" + (" with uncommitted changes" if report["commit"]["dirty"] else "")
+        if sha
+        else "commit not recorded (the file predates it)"
+    )
+    return (
+        f"Run of {report['date'][:10]} (`{report['command']}`, "
+        f"{report['seconds_total'] / 60:.1f} min in all; "
+        f"[{path.name}](benchmarks/results/{path.name}), {made}): {m['cpu']}, {m['cores']} "
+        f"cores, bf16 matmul peak {peak['bf16_gflops']:.0f} GFLOP/s measured in the run; the "
+        f"whole {ds['samples']}-sample train split ({ds['tokens']} tokens) for the epoch, "
+        f"{report['comparison_subset']['samples']} samples interleaved."
+    )
+
+
+def readme_train_speed(report: dict, path: Path) -> str:
+    """The README's training-speed block."""
+    lines = [_source_line(report, path), "", *_comparison_table(report)]
+    if "peers" in report:
+        lines += ["", *peers_table(report)]
+    if report.get("issue20_targets"):
+        lines += ["", *issue20_table(report)]
+    return "\n".join(lines)
+
+
+def readme_inference(report: dict) -> str:
+    """The README's inference block: base and adapter side by side where the run has both."""
+    if "inference_base" in report:
+        return "\n".join(inference_side_by_side(report))
+    if report.get("inference"):
+        return "\n".join(inference_table(report["inference"]))
+    return "No inference figures in this run."
+
+
+def render_readme(report: dict, path: Path, readme: Path) -> list[str]:
+    """Rewrite the README's training-speed and inference blocks; the names of those found."""
+    blocks = {
+        "train_speed": readme_train_speed(report, path),
+        "inference": readme_inference(report),
+    }
+    return [name for name, body in blocks.items() if render_block(name, body, readme)]

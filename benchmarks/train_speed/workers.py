@@ -15,12 +15,23 @@ import traceback
 import torch
 
 from benchmarks.common import lifetime_peak_rss, rss_bytes
-from benchmarks.train_speed.pacer import Pacer, since_start
+from benchmarks.train_speed.pacer import Pacer, since_start, supervised_lookup
+from benchmarks.train_speed.trl_arm import train_trl
 
 SPEC_MAX_LENGTH = 512
 # The spec's batching: 2 samples per micro-batch, 4 accumulation steps (ours: 4 x 2).
 SPEC_BATCH_SIZE = 2
 SPEC_GRAD_ACCUM = 4
+
+
+def _lookup(opts: dict, max_length: int) -> dict[tuple, int]:
+    """Supervised targets of every sample the worker trains on, by its input ids."""
+    from transformers import AutoTokenizer
+
+    from qwen3_lora.data.records import load_builtin, load_records
+
+    records = load_records([opts["data"]]) if opts.get("data") else load_builtin("train")
+    return supervised_lookup(AutoTokenizer.from_pretrained(opts["model_dir"]), records, max_length)
 
 
 def train_ours(opts: dict, conn) -> dict:
@@ -40,7 +51,9 @@ def train_ours(opts: dict, conn) -> dict:
         logging_steps=1,
     )
     values.update(opts.get("overrides", {}))
-    result = train(TrainConfig(**values), callbacks=[Pacer(conn, opts["every"])])
+    config = TrainConfig(**values)
+    pacer = Pacer(conn, opts["every"], _lookup(opts, config.max_length))
+    result = train(config, callbacks=[pacer])
     return {
         "final_loss": result.final_loss,
         "optimizer_steps": result.optimizer_steps,
@@ -113,7 +126,7 @@ def train_spec(opts: dict, conn) -> dict:
         args=args,
         train_dataset=rows,
         data_collator=default_data_collator,
-        callbacks=[Pacer(conn, opts["every"])],
+        callbacks=[Pacer(conn, opts["every"], _lookup(opts, SPEC_MAX_LENGTH))],
     )
     result = trainer.train()
     return {"final_loss": result.training_loss, "optimizer_steps": result.global_step}
@@ -126,52 +139,73 @@ def _timed(fn, n: int) -> float:
     return (time.perf_counter() - began) * 1000 / n
 
 
-def infer(opts: dict, conn) -> dict:
-    """Label scoring and generation through `Predictor`, batch 1 and 8."""
-    from qwen3_lora.data.records import load_builtin
-    from qwen3_lora.inference.predictor import Predictor
-    from qwen3_lora.prompt.render import render_prompt
-
-    predictor = Predictor.load(opts["model_dir"], opts.get("adapter"), precision="auto")
-    conn.send({"event": "ready", "rss": rss_bytes()[0], "since_start": since_start()})
-    if conn.recv() != "go":
-        raise SystemExit(0)
-    records = load_builtin("eval")
-    queries = opts["queries"]
-    scene = [r.input for r in records if r.task == "问题场景分类"][:queries]
-    prompts = [render_prompt(predictor.tokenizer, r.task, r.input) for r in records[:queries]]
-    new_tokens = opts["new_tokens"]
-    figures: dict = {
-        "precision": predictor.precision,
-        "queries": queries,
-        "adapter": bool(opts.get("adapter")),
-    }
-    predictor.predict("问题场景分类", scene[:2], decode="score", batch_size=2)  # warm-up
-    predictor.generate(prompts[:1], max_new_tokens=2, stop_at_eot=False)
+def _measurements(predictor, scene: list[str], prompts: list[str], new_tokens: int) -> dict:
+    """name -> a function timing it (ms per query) on `predictor`."""
+    found = {}
     for batch in (1, 8):
-        ms = _timed(
-            lambda b=batch: predictor.predict("问题场景分类", scene, decode="score", batch_size=b),
+        found[f"score_ms_per_query_b{batch}"] = lambda b=batch: _timed(
+            lambda: predictor.predict("问题场景分类", scene, decode="score", batch_size=b),
             len(scene),
         )
-        figures[f"score_ms_per_query_b{batch}"] = ms
         # stop_at_eot=False: random weights never stop on their own; every query decodes
         # exactly `new_tokens` tokens, so the figure is the cost of that many tokens.
-        ms = _timed(
-            lambda b=batch: predictor.generate(
+        found[f"generate_ms_per_query_b{batch}"] = lambda b=batch: _timed(
+            lambda: predictor.generate(
                 prompts, max_new_tokens=new_tokens, stop_at_eot=False, batch_size=b
             ),
             len(prompts),
         )
-        figures[f"generate_ms_per_query_b{batch}"] = ms
-        figures[f"generate_tokens_per_s_b{batch}"] = new_tokens / (ms / 1000)
-    figures["new_tokens"] = new_tokens
-    figures["prompt_tokens_mean"] = statistics.mean(
-        len(predictor.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts
-    )
-    return figures
+    return found
 
 
-WORKERS = {"ours": train_ours, "spec": train_spec, "infer": infer}
+def infer(opts: dict, conn) -> dict:
+    """Label scoring and generation through `Predictor`, batch 1 and 8: the base model alone and
+    with the adapter, loaded as two instances (PEFT injects LoRA in place) and measured in turns
+    (base, adapter, base, ...), the best of `rounds` for each figure."""
+    from qwen3_lora.data.records import load_builtin
+    from qwen3_lora.inference.predictor import Predictor
+    from qwen3_lora.prompt.render import render_prompt
+
+    predictors = {
+        "base": Predictor.load(opts["model_dir"], None, precision="auto"),
+        "adapter": Predictor.load(opts["model_dir"], opts["adapter"], precision="auto"),
+    }
+    conn.send({"event": "ready", "rss": rss_bytes()[0], "since_start": since_start()})
+    if conn.recv() != "go":
+        raise SystemExit(0)
+    records = load_builtin("eval")
+    queries, new_tokens = opts["queries"], opts["new_tokens"]
+    scene = [r.input for r in records if r.task == "问题场景分类"][:queries]
+    tokenizer = predictors["base"].tokenizer
+    prompts = [render_prompt(tokenizer, r.task, r.input) for r in records[:queries]]
+    results, timers = {}, {}
+    for name, predictor in predictors.items():
+        predictor.predict("问题场景分类", scene[:2], decode="score", batch_size=2)  # warm-up
+        predictor.generate(prompts[:1], max_new_tokens=2, stop_at_eot=False)
+        timers[name] = _measurements(predictor, scene, prompts, new_tokens)
+        results[name] = {
+            "precision": predictor.precision,
+            "queries": queries,
+            "adapter": name == "adapter",
+            "new_tokens": new_tokens,
+            "rounds": opts.get("rounds", 1),
+            "prompt_tokens_mean": statistics.mean(
+                len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts
+            ),
+        }
+    for _ in range(opts.get("rounds", 1)):
+        for key in timers["base"]:
+            for name in predictors:
+                ms = timers[name][key]()
+                results[name][key] = min(ms, results[name].get(key, ms))
+    for figures in results.values():
+        for batch in (1, 8):
+            ms = figures[f"generate_ms_per_query_b{batch}"]
+            figures[f"generate_tokens_per_s_b{batch}"] = new_tokens / (ms / 1000)
+    return results
+
+
+WORKERS = {"ours": train_ours, "spec": train_spec, "trl": train_trl, "infer": infer}
 
 
 def worker_main(kind: str, opts: dict, conn) -> None:
