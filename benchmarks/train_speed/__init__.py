@@ -1,6 +1,6 @@
-"""Training speed: the spec-style pipeline against ours, interleaved in one run.
+"""Training speed: the spec-style pipeline, ours and TRL's, interleaved in one run.
 
-    python -m benchmarks.train_speed            # Qwen3-0.6B's exact shape, 10-15 min on 2 cores
+    python -m benchmarks.train_speed            # Qwen3-0.6B's exact shape, ~25 min on 2 cores
     python -m benchmarks.train_speed --smoke    # tiny model + tiny tokenizer, under a minute
     python -m benchmarks.train_speed --ablate fp32:precision=fp32 nogroup:group_by_length=false
     python -m benchmarks.train_speed --render benchmarks/results/<date>-<host>.json
@@ -20,22 +20,26 @@ so sequence lengths are realistic:
 
 Each pipeline runs in its own process (so its peak RSS is its own), but the processes take
 turns one micro-batch at a time (a, b, a, b, ...), so machine load hits both alike and the
-ratio is fair. Then (b) trains on the whole split alone (seconds per epoch), and the inference
-figures come from `qwen3_lora.inference.predictor.Predictor`. (b)'s epoch is timed for at most
-`--epoch-budget` seconds; a longer epoch is projected from the part measured. A bf16 and an fp32
-matmul peak are measured between phases; FLOP utilisation counts 4 x parameters x useful
-(non-pad) tokens per LoRA training step (forward 2N, backward through the frozen weights 2N, no
-weight gradients), with the embedding parameters included, and also without them. A compile is
-paid once per run: it is estimated from the epoch's first window, left out of the epoch's
-tokens/s, and counted once in the 3-epoch time and utilisation.
+ratio is fair. Phase 1b does the same for ours (eager, and compiled as a full run compiles it)
+against (c) TRL's `SFTTrainer` + PEFT LoRA (`trl_arm`: padded, padding-free, length-grouped) on
+a larger subset (`--trl-samples`, 112: 14 optimizer steps of 4 x 2). Then (b) trains on the
+whole split alone (seconds per epoch), and the inference figures come from
+`qwen3_lora.inference.predictor.Predictor`, the base alone and with an adapter `train()` wrote,
+measured in turns. (b)'s epoch is timed for at most `--epoch-budget` seconds; a longer epoch is
+projected from the part measured. A bf16 and an fp32 matmul peak are measured between phases.
+Two utilisation figures: the FLOPs the step needs (`benchmarks.flops`: linear layers at every
+token, the LM head at supervised positions only, causal attention, the adapters) and the old
+count, 4 x all parameters x useful (non-pad) tokens (also without the embedding parameters). A
+compile is paid once per run: it is estimated from the epoch's first window, left out of the
+epoch's tokens/s, and counted once in the 3-epoch time and utilisation.
 
 Modules: `pacer` (the worker-side callback that times windows), `workers` (one process per
-pipeline), `driver` (the handles on those processes and the round-robin), `phases` (a run, phase
-by phase; the ablation run), `figures` (windows -> figures), `report` (Markdown), `__main__`
-(the command line).
+pipeline), `trl_arm` (TRL's trainer), `driver` (the handles on those processes and the
+round-robin), `phases` (a run, phase by phase; the ablation run), `figures` (windows ->
+figures), `report` and `tables` (Markdown), `__main__` (the command line).
 
-Writes benchmarks/results/<date>-<host>.json, benchmarks/results/LATEST.md (full runs only)
-and prints the Markdown table.
+Writes benchmarks/results/<date>-<host>.json and, for full runs, LATEST.md and the README's
+training-speed and inference blocks (`--render FILE` renders both again); prints the tables.
 """
 
 from benchmarks.common import go_offline
