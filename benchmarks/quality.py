@@ -39,6 +39,15 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks.common import commit, machine, render_block, write_result, write_text
+from benchmarks.quality_report import (
+    check_targets,
+    misses,
+    read_metrics,
+    readme_block,
+    render_quality_markdown,
+    train_summary,
+)
 from qwen3_lora.data.records import load_builtin
 from qwen3_lora.evaluation.report import run_eval
 from qwen3_lora.inference.predictor import Predictor
@@ -52,6 +61,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORK_DIR = Path("outputs/quality-bench")
 MARKER = ".quality-bench"  # the benchmark only ever deletes a folder holding this file
 COMMAND = "python -m benchmarks.quality"
+README_BLOCK = "quality"
 
 # The recipe: TrainConfig values that differ from the defaults (configs/qwen3-0.6b-lora.yaml),
 # each with the reason, which the report repeats.
@@ -95,7 +105,6 @@ TARGETS = [
     ("文件名称提取", "exact_match", 0.70),
     ("问题回答", "char_f1", "base+0.10"),
 ]
-MISSES_SHOWN = 8  # per task in the markdown; quality.json keeps them all
 log = logging.getLogger("benchmarks.quality")
 
 
@@ -149,197 +158,84 @@ def _eval_subset(folder: Path, per_task: int) -> Path:
     return path
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    lines = path.read_text("utf-8").splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
+def _recipe(smoke: bool, overrides: dict | None, gguf: Path, work: Path):
+    """(config, the resolved recipe, its changes from the defaults)."""
+    values = {
+        "base_model": str(gguf),
+        "output_dir": str(work / "adapter"),
+        "report_to": ["none"],
+        "save_total_limit": 1,
+        **RECIPE,
+        **(SMOKE_RECIPE if smoke else {}),
+        **(overrides or {}),
+    }
+    try:
+        config = build_config({}, values)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from exc
+    defaults = dataclasses.asdict(TrainConfig())
+    resolved = dataclasses.asdict(config)
+    plumbing = ("base_model", "output_dir", "report_to", "save_total_limit")
+    changed = {k: v for k, v in resolved.items() if v != defaults[k] and k not in plumbing}
+    return config, resolved, changed
 
 
-def _train_summary(metrics: list[dict]) -> dict:
-    losses = [m for m in metrics if "loss" in m]
-    # The first logged step includes start-up work; its speed is not representative.
-    speeds = sorted(m["tokens_per_s"] for m in losses[1:] if m.get("tokens_per_s"))
+def _host(host: str) -> dict:
     return {
-        "first_loss": losses[0]["loss"] if losses else None,
-        "last_loss": losses[-1]["loss"] if losses else None,
-        "eval_loss_by_epoch": [
-            {"epoch": m["epoch"], "eval_loss": round(m["eval_loss"], 4)}
-            for m in metrics
-            if "eval_loss" in m
-        ],
-        "tokens_per_s_median": speeds[len(speeds) // 2] if speeds else None,
+        "name": host,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": importlib.metadata.version("transformers"),
+        "peft": importlib.metadata.version("peft"),
     }
 
 
-def _check_targets(models: dict) -> list[dict]:
-    rows = []
-    for task, metric, target in TARGETS:
-        base = models.get("base", {}).get(task, {}).get("metrics", {}).get(metric)
-        tuned = models.get("tuned", {}).get(task, {}).get("metrics", {}).get(metric)
-        if isinstance(target, str):
-            needed = None if base is None else base + float(target.removeprefix("base+"))
-        else:
-            needed = target
-        met = None if tuned is None or needed is None else tuned >= needed - 1e-9
-        rows.append(
-            {
-                "task": task,
-                "metric": metric,
-                "target": target,
-                "needed": needed,
-                "base": base,
-                "tuned": tuned,
-                "met": met,
-            }
-        )
-    return rows
-
-
-def _misses(rows: list[dict]) -> dict[str, list[dict]]:
-    """The tuned model's wrong answers per task (QA: every answer, worst char-F1 first)."""
-    found: dict[str, list[dict]] = {}
-    for row in rows:
-        if "correct" in row:
-            wrong = not row["correct"]
-        elif "exact_match" in row:
-            wrong = row["exact_match"] < 1.0
-        else:
-            wrong = True
-        if wrong:
-            keep = ("input", "reference", "prediction", "probability", "char_f1")
-            found.setdefault(row["task"], []).append({k: row[k] for k in keep if k in row})
-    for task, items in found.items():
-        if items and "probability" not in items[0]:
-            items.sort(key=lambda r: r.get("char_f1", 0.0))
-        found[task] = items
-    return found
-
-
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    text = text.replace("\n", " ").replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _goal(target) -> str:
-    if isinstance(target, str):
-        return f"≥ base + {target.removeprefix('base+')}"
-    return f"≥ {target:.2f}"
-
-
-def render_quality_markdown(summary: dict, link_prefix: str = "") -> str:
-    """quality.md / QUALITY.md: base vs tuned with targets; model, recipe, wall time, misses."""
-    report = summary["eval_report"]
-    models = report["models"]
-    t = summary["timings_s"]
-    recipe = summary["recipe"]
-    model = summary["model"]
-    lines = [
-        "# Quality benchmark"
-        + (" (smoke run: checks the stages, measures nothing)" if summary["smoke"] else ""),
-        "",
-        f"Measured on **{model['name']}** ({model['parameters'] / 1e6:.1f}M parameters; "
-        f"`{model['file']}` from PyPI `{GGUF_DIST}` {model['package_version']}, dequantised), "
-        f"not on Qwen3-0.6B: {summary['precision']}, {summary['host']['threads']} CPU "
-        f"thread(s) on a {summary['host']['cpu_count']}-core machine, "
-        f"{summary['created'][:10]}. Held-out split: {report['samples']} samples "
-        f"(`src/qwen3_lora/data/builtin/eval/`); train split: {summary['data']['train_samples']} samples.",
-        "",
-        f"- command: `{summary['command']}`",
-        f"- wall time: **{_minutes(t['total'])}**: load + train {_minutes(t['train'])}, "
-        f"eval base {_minutes(t['eval_base'])}, eval tuned {_minutes(t['eval_tuned'])}",
-        f"- recipe: LoRA r={recipe['lora_r']}, alpha={recipe['lora_alpha']}, "
-        f"dropout={recipe['lora_dropout']} on {', '.join(recipe['target_modules'])}; "
-        + (
-            f"max_steps {recipe['max_steps']}"
-            if recipe["max_steps"] > 0
-            else f"{recipe['epochs']:g} epochs"
-        )
-        + f", batch {recipe['batch_size']} x {recipe['grad_accum']} accumulation, "
-        f"lr {recipe['learning_rate']:g} ({recipe['lr_scheduler']}, warmup "
-        f"{recipe['warmup_ratio']:g}), seed {recipe['seed']}, precision {recipe['precision']}; "
-        f"{summary['train']['optimizer_steps']} optimizer steps",
-        f"- decoding: classification by label scoring; extraction greedy within the input's "
-        f"spans; QA greedy, at most "
-        f"{report['max_new_tokens']} new tokens; metrics from `qwen3_lora.metrics`",
-        "",
-        "| task | n | metric | base | tuned | Δ | target | met |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    targets = {(r["task"], r["metric"]): r for r in summary["targets"]}
-    for task, entry in models["tuned"].items():
-        for metric, tuned in entry["metrics"].items():
-            base = models.get("base", {}).get(task, {}).get("metrics", {}).get(metric)
-            delta = "–" if base is None else f"{tuned - base:+.3f}"
-            target = targets.get((task, metric))
-            goal = _goal(target["target"]) if target else ""
-            met = {True: "yes", False: "**no**", None: "–"}[target["met"]] if target else ""
-            lines.append(
-                f"| {task} (`{entry['id']}`) | {entry['n']} | {metric} | {_fmt(base)} | "
-                f"{_fmt(tuned)} | {delta} | {goal} | {met} |"
-            )
-    train = summary["train"]
-    epochs = ", ".join(f"{e['eval_loss']:.3f}" for e in train["eval_loss_by_epoch"])
-    lines += [
-        "",
-        f"Training: loss {_fmt(train['first_loss'])} → {_fmt(train['last_loss'])}"
-        + (f"; held-out loss after each epoch {epochs}" if epochs else "")
-        + f"; median {train['tokens_per_s_median'] or 0:.0f} tokens/s (prompt + answer).",
-        "",
-        f"![base vs tuned]({link_prefix}report.png)",
-        "",
-        f"Files: [report.md]({link_prefix}report.md) (confusion matrices), "
-        f"[predictions.jsonl]({link_prefix}predictions.jsonl) (every answer of both models), "
-        f"[quality.json]({link_prefix}quality.json), "
-        f"[train_config.yaml]({link_prefix}train_config.yaml), "
-        f"[train_metrics.jsonl]({link_prefix}train_metrics.jsonl).",
-        "",
-    ]
-    if summary["recipe_changes"]:
-        lines += ["## Recipe: changes from the default", "", "| option | value | why |"]
-        lines.append("|---|---|---|")
-        for key, value in summary["recipe_changes"].items():
-            why = summary["recipe_why"].get(key, "set for this run")
-            lines.append(f"| `{key}` | `{value}` | {why} |")
-        lines.append("")
-    counts = summary["data"]["train_per_task"]
-    lines += [
-        "## Data",
-        "",
-        "Train split per task: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
-        "",
-    ]
-    misses = summary.get("misses", {})
-    if misses:
-        lines += ["## The tuned model's misses", ""]
-        for task, items in misses.items():
-            shown = items[:MISSES_SHOWN]
-            kind = "lowest char-F1 first" if "probability" not in items[0] else "wrong labels"
-            more = (
-                f", {len(items) - len(shown)} more in quality.json"
-                if len(items) > len(shown)
-                else ""
-            )
-            lines += [f"**{task}** ({kind}{more})", "", "| input | reference | prediction |"]
-            lines.append("|---|---|---|")
-            for item in shown:
-                prob = item.get("probability")
-                pred = _clip(item["prediction"]) + (f" ({prob:.2f})" if prob is not None else "")
-                if "char_f1" in item and prob is None:
-                    pred += f" [F1 {item['char_f1']:.2f}]"
-                lines.append(
-                    f"| {_clip(item['input'], 40)} | {_clip(item['reference'], 30)} | {pred} |"
-                )
-            lines.append("")
-    if summary.get("notes"):
-        lines += ["## Notes", "", *summary["notes"], ""]
-    return "\n".join(lines)
+def _summary(run: dict, result, predictor, evaluation, timings: dict) -> dict:
+    """quality.json: what ran, on what, how long, and how well."""
+    report = evaluation.report
+    tuned_rows = next(r.rows for r in evaluation.runs if r.name == "tuned")
+    changed = run["changed"]
+    return {
+        "smoke": run["smoke"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": run["command"],
+        "model": {
+            "name": MODEL_NAME,
+            "file": GGUF_NAME,
+            "package": GGUF_DIST,
+            "package_version": importlib.metadata.version(GGUF_DIST),
+            "parameters": sum(p.numel() for p in predictor.model.get_base_model().parameters()),
+        },
+        "host": _host(run["host"]),
+        "precision": predictor.precision,
+        "recipe": run["resolved"] | {"base_model": GGUF_NAME, "output_dir": "<work-dir>/adapter"},
+        "recipe_changes": changed,
+        "recipe_why": {k: RECIPE_WHY[k] for k in changed if k in RECIPE_WHY},
+        "data": {
+            "train_samples": result.train_samples,
+            "train_per_task": result.train_per_task,
+            "eval": report["data"],
+        },
+        "train": {
+            "optimizer_steps": result.optimizer_steps,
+            "final_loss": result.final_loss,
+            **train_summary(read_metrics(result.output_dir / METRICS_FILE)),
+        },
+        "timings_s": {
+            **timings,
+            "eval_base": report["seconds"].get("base", 0.0),
+            "eval_tuned": report["seconds"]["tuned"],
+        },
+        "targets": check_targets(report["models"], TARGETS),
+        "misses": misses(tuned_rows),
+        "eval_report": report,
+        "notes": list(run["notes"] or []),
+        "machine": machine(),
+        "commit": commit(),
+    }
 
 
 def run(
@@ -372,24 +268,7 @@ def run(
     work = _fresh_folder(Path(work_dir) / name)
     out = Path(results_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-
-    values = {
-        "base_model": str(gguf),
-        "output_dir": str(work / "adapter"),
-        "report_to": ["none"],
-        "save_total_limit": 1,
-        **RECIPE,
-        **(SMOKE_RECIPE if smoke else {}),
-        **(overrides or {}),
-    }
-    try:
-        config = build_config({}, values)
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from exc
-    defaults = dataclasses.asdict(TrainConfig())
-    resolved = dataclasses.asdict(config)
-    plumbing = ("base_model", "output_dir", "report_to", "save_total_limit")
-    changed = {k: v for k, v in resolved.items() if v != defaults[k] and k not in plumbing}
+    config, resolved, changed = _recipe(smoke, overrides, gguf, work)
     log.info("model %s; recipe changes: %s", gguf, changed or "none")
 
     # 1. Fine-tune on the built-in train split (the GGUF is dequantised on load).
@@ -412,66 +291,30 @@ def run(
         max_new_tokens=new_tokens,
         batch_size=EVAL_BATCH,
     )
-    report = evaluation.report
     total_s = time.perf_counter() - began
 
     shutil.copy(result.output_dir / CONFIG_FILE, out / "train_config.yaml")
     shutil.copy(result.output_dir / METRICS_FILE, out / "train_metrics.jsonl")
-    tuned_rows = next(r.rows for r in evaluation.runs if r.name == "tuned")
-    summary = {
+    what = {
         "smoke": smoke,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": command or COMMAND + (" --smoke" if smoke else ""),
-        "model": {
-            "name": MODEL_NAME,
-            "file": GGUF_NAME,
-            "package": GGUF_DIST,
-            "package_version": importlib.metadata.version(GGUF_DIST),
-            "parameters": sum(p.numel() for p in predictor.model.get_base_model().parameters()),
-        },
-        "host": {
-            "name": host,
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": importlib.metadata.version("transformers"),
-            "peft": importlib.metadata.version("peft"),
-        },
-        "precision": predictor.precision,
-        "recipe": resolved | {"base_model": GGUF_NAME, "output_dir": "<work-dir>/adapter"},
-        "recipe_changes": changed,
-        "recipe_why": {k: RECIPE_WHY[k] for k in changed if k in RECIPE_WHY},
-        "data": {
-            "train_samples": result.train_samples,
-            "train_per_task": result.train_per_task,
-            "eval": report["data"],
-        },
-        "train": {
-            "optimizer_steps": result.optimizer_steps,
-            "final_loss": result.final_loss,
-            **_train_summary(_read_metrics(result.output_dir / METRICS_FILE)),
-        },
-        "timings_s": {
-            "total": round(total_s, 1),
-            "train": round(train_s, 1),
-            "load_tuned": round(load_s, 1),
-            "eval_base": report["seconds"].get("base", 0.0),
-            "eval_tuned": report["seconds"]["tuned"],
-        },
-        "targets": _check_targets(report["models"]),
-        "misses": _misses(tuned_rows),
-        "eval_report": report,
-        "notes": list(notes or []),
+        "host": host,
+        "resolved": resolved,
+        "changed": changed,
+        "notes": notes,
     }
-    (out / "quality.json").write_text(
-        json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    (out / "quality.md").write_text(render_quality_markdown(summary), encoding="utf-8")
+    timings = {
+        "total": round(total_s, 1),
+        "train": round(train_s, 1),
+        "load_tuned": round(load_s, 1),
+    }
+    summary = _summary(what, result, predictor, evaluation, timings)
+    write_result(out / "quality.json", summary)
+    write_text(out / "quality.md", render_quality_markdown(summary))
     if not smoke and not per_task and not skip_base:
-        latest = Path(results_dir) / "QUALITY.md"
-        latest.write_text(render_quality_markdown(summary, f"{name}/"), encoding="utf-8")
+        write_text(Path(results_dir) / "QUALITY.md", render_quality_markdown(summary, f"{name}/"))
+        if Path(results_dir).resolve() == RESULTS_DIR.resolve():
+            render_block(README_BLOCK, readme_block([(summary, out / "quality.json")]))
     summary["output_dir"] = str(out)
     return summary
 
@@ -508,7 +351,20 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads (default: all cores; 1 on a machine busy with other work)",
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        metavar="QUALITY_JSON",
+        help="only rewrite the README's quality table: the run of record's quality.json, then "
+        "any further runs' (a line each)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        runs = [(json.loads(p.read_text("utf-8")), p) for p in args.render]
+        body = readme_block(runs)
+        print(body)
+        return 0 if render_block(README_BLOCK, body) else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file; never reach a hub

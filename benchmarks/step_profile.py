@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import socket
@@ -38,18 +37,23 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import torch
 
-from benchmarks.train_speed import (
+from benchmarks.common import (
+    QWEN3_SHAPE,
     RESULTS,
-    _build_model_folder,
-    _tokenizer,
+    TINY,
+    build_model_folder,
+    build_tokenizer,
+    commit,
+    go_offline,
     load_average,
+    machine,
     matmul_peak,
+    write_result,
 )
+
+go_offline()
 
 CATEGORIES = ("matmul", "attention", "dropout masks", "other")
 ATTENTION_OPS = ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data")
@@ -133,29 +137,19 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
     return time.perf_counter() - began, flops
 
 
-def run(args) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
+def _training_model(args, tokenizer, report: dict):
+    """The model `train()` would train (LoRA, precision, speed paths), and its TrainConfig."""
     from qwen3_lora.models.loading import resolve_precision
     from qwen3_lora.training.config import TrainConfig
-    from qwen3_lora.training.loss import causal_lm_loss
     from qwen3_lora.training.speed.compiled import compile_decoder_layers
     from qwen3_lora.training.train import training_model
 
     cpu = torch.device("cpu")
-    tokenizer, tokenizer_info = _tokenizer(args.smoke)
-    report: dict = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_start": load_average(),
-        "tokenizer": tokenizer_info,
-    }
     tmp = tempfile.mkdtemp(prefix="step-profile-")
     try:
-        arch = "tiny" if args.smoke else "qwen3-0.6b-shape"
-        report["model"] = _build_model_folder(tokenizer, arch, Path(tmp))
+        report["model"] = build_model_folder(
+            tokenizer, TINY if args.smoke else QWEN3_SHAPE, Path(tmp)
+        )
         config = TrainConfig(base_model=tmp)  # the training defaults: batch size, max length
         precision = resolve_precision(config.precision, cpu)
         model = training_model(config, precision, cpu)[0].train()
@@ -163,6 +157,42 @@ def run(args) -> dict:
             compile_decoder_layers(model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return model, config, precision
+
+
+def _profile_shares(prof) -> tuple[dict, list, float]:
+    """(seconds by kind of op, ops by own time, matmul FLOPs) of a profile."""
+    shares = dict.fromkeys(CATEGORIES, 0.0)
+    ops = []
+    matmul_flops = 0
+    for event in prof.key_averages():
+        self_s = event.self_cpu_time_total / 1e6
+        kind = category(event.key)
+        shares[kind] += self_s
+        if kind == "matmul":
+            matmul_flops += event.flops
+        ops.append((event.key, self_s, event.count))
+    ops.sort(key=lambda op: -op[1])
+    return shares, ops, matmul_flops
+
+
+def run(args) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from qwen3_lora.training.loss import causal_lm_loss
+
+    tokenizer, tokenizer_info = build_tokenizer(args.smoke)
+    report: dict = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_start": load_average(),
+        "tokenizer": tokenizer_info,
+        "machine": machine(),
+        "commit": commit(),
+    }
+    model, config, precision = _training_model(args, tokenizer, report)
     batches, split_tokens = micro_batches(
         tokenizer, args.micro_batches, args.batch_size or config.batch_size, config.max_length
     )
@@ -185,26 +215,13 @@ def run(args) -> dict:
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for batch in batches:
             step(batch)
-
-    shares = dict.fromkeys(CATEGORIES, 0.0)
-    ops = []
-    matmul_flops = 0
-    for event in prof.key_averages():
-        self_s = event.self_cpu_time_total / 1e6
-        kind = category(event.key)
-        shares[kind] += self_s
-        if kind == "matmul":
-            matmul_flops += event.flops
-        ops.append((event.key, self_s, event.count))
+    shares, ops, matmul_flops = _profile_shares(prof)
     profiled = sum(shares.values())
-    ops.sort(key=lambda op: -op[1])
     floor_seconds, floor_flops = gemm_floor(model, batches)
     peak = max(matmul_peak(torch.bfloat16, 2048, 2.0) for _ in range(2))
 
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    positions = sum(b["input_ids"].numel() for b in batches)
-    params = report["model"]["params"]
-    counted = 4 * params * tokens
+    counted = 4 * report["model"]["params"] * tokens
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
         compiled=bool(args.compile),
@@ -212,7 +229,7 @@ def run(args) -> dict:
         micro_batches=len(batches),
         batch_size=int(batches[0]["input_ids"].shape[0]),
         useful_tokens=tokens,
-        positions=positions,
+        positions=sum(b["input_ids"].numel() for b in batches),
         seconds=seconds,
         tokens_per_s=tokens / seconds,
         bf16_peak_gflops=peak,
@@ -301,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = ("-smoke" if args.smoke else "") + (f"-b{args.batch_size}" if args.batch_size else "")
     suffix += "-compiled" if args.compile else ""
     path = args.out / f"{report['date'][:10]}-{report['host']}-step-profile{suffix}.json"
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(path, report)
     print(markdown(report))
     print(f"wrote {path}")
     return 0

@@ -91,3 +91,46 @@ def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
     assert report["gemm_floor_gflops"] > 0 and report["split_tokens"] > report["useful_tokens"]
     assert 0 < report["three_epochs_gemm_floor_minutes"] < report["three_epochs_minutes"]
     assert "| matmul |" in proc.stdout and "(floor)" in proc.stdout
+
+
+def test_smoke_compares_ours_with_trl_on_the_same_samples(smoke):
+    report, stdout = smoke
+    peers, subset = report["peers"], report["peer_subset"]
+    arms = peers["arms"]
+    assert set(arms) >= {"ours", "trl_padded", "trl_padding_free", "trl_grouped"}
+    for name, f in arms.items():
+        # Every arm trained every token of the subset once, in the same optimizer steps; TRL's
+        # sequences end with the "\n" after <|im_end|>: one token more per sample.
+        extra = subset["samples"] if name.startswith("trl") else 0
+        assert f["all_useful_tokens"] == subset["tokens"] + extra, name
+        assert f["result"]["optimizer_steps"] == arms["ours"]["result"]["optimizer_steps"]
+        assert f["useful_tokens_per_s"] > 0 and f["peak_rss_gb"] > 0 and f["unknown_rows"] == 0
+    # Ours supervises the answer and <|im_end|>; TRL also the "\n" after it: one per sample.
+    assert arms["ours"]["all_supervised_targets"] == subset["supervised_tokens"]
+    for name in ("trl_padded", "trl_padding_free", "trl_grouped"):
+        assert (
+            arms[name]["all_supervised_targets"] == subset["supervised_tokens"] + subset["samples"]
+        )
+    # padding_free packs each micro-batch into one row: no padding positions at all.
+    free = arms["trl_padding_free"]
+    assert free["all_positions"] == free["all_useful_tokens"]
+    assert arms["trl_padded"]["all_positions"] > arms["trl_padded"]["all_useful_tokens"]
+    assert arms["trl_padded"]["result"]["versions"]["trl"] == "1.16.0"
+    assert report["issue20_targets"]["same_supervised"]["met"]
+    assert "| trl_padding_free" in stdout and "`\\n` after `<|im_end|>`" in stdout
+
+
+def test_smoke_reports_honest_flops_and_inference_with_and_without_adapter(smoke):
+    report, stdout = smoke
+    ours = report["ours"]
+    # The FLOPs the step needs are below the old count (no embedding matmul, LM head only
+    # at supervised positions) on the same tokens.
+    assert ours["util_bf16_needed"] > 0 and ours["flops_needed"]["total"] > 0
+    assert ours["supervised_targets"] <= ours["useful_tokens"]
+    assert ours["epoch"]["util_bf16_needed"] > 0
+    base, adapter = report["inference_base"], report["inference"]
+    assert not base["adapter"] and adapter["adapter"]
+    for key in ("score_ms_per_query_b1", "score_ms_per_query_b8", "generate_ms_per_query_b8"):
+        assert base[key] > 0 and adapter[key] > 0
+    assert "| label scoring, ms per query |" in stdout and "adapter / base" in stdout
+    assert report["commit"]["sha"] and "dirty" in report["commit"]
