@@ -32,11 +32,12 @@ from ..prompt.encoding import EncodedDataset, EncodeReport, PadCollator, encode_
 from .checkpoints import CHECKPOINT_DIR, last_complete_checkpoint, trim_metrics
 from .config import TrainConfig
 from .speed import SpeedPaths, is_compiled, speed_up
-from .trainer import LoraTrainer, MetricsLogger, TokenCounter
+from .trainer import LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.jsonl"
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass
@@ -267,6 +268,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         processing_class=tokenizer,
         callbacks=[
             MetricsLogger(out / METRICS_FILE, tokens),
+            *([ProgressFile(out / PROGRESS_FILE)] if main_process else []),
             *(callbacks or []),
             *speed.callbacks,
             *_logging_callbacks(config, out, main_process),
