@@ -24,7 +24,7 @@ from .tasks import task_routes
 
 def create_app(predictor, config: ServeConfig, runner: ModelRunner | None = None) -> FastAPI:
     """The app: routes, error handlers and middleware. `runner` defaults to a `ModelRunner`."""
-    state = ServeState(predictor, config, runner or ModelRunner(predictor, config))
+    state = ServeState.over(predictor, config, runner or ModelRunner(predictor, config))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
