@@ -31,13 +31,11 @@ from ..models.source import ModelSource, resolve_model_source
 from ..prompt.encoding import EncodedDataset, EncodeReport, PadCollator, encode_records
 from .checkpoints import CHECKPOINT_DIR, last_complete_checkpoint, trim_metrics
 from .config import TrainConfig
+from .outputs import CONFIG_FILE, METRICS_FILE, PROGRESS_FILE
 from .speed import SpeedPaths, is_compiled, speed_up
 from .trainer import LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "train_config.yaml"
-METRICS_FILE = "metrics.jsonl"
-PROGRESS_FILE = "progress.json"
 
 
 @dataclass
