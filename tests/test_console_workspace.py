@@ -153,8 +153,11 @@ def test_metrics_rewritten_shorter_is_a_reset(tmp_path):
 
 
 def test_data_files_offer_data_not_a_runs_or_reports_own_files(ws):
+    (ws.root / "runs" / "demo" / "tokenizer.json").write_text("{}")  # a run's own file
+    (ws.root / "data" / "more").mkdir()
+    (ws.root / "data" / "more" / "extra.json").write_text("[]")
     files = ws.data_files(exclude=reports.OWN_FILES)
-    assert files == ["data/memorise.jsonl"]
+    assert files == ["data/memorise.jsonl", "data/more/extra.json"]
 
 
 def test_new_folder_refuses_existing_content_and_the_jobs_folder(ws):

@@ -170,9 +170,12 @@ class Workspace:
         return found
 
     def data_files(self, exclude: frozenset[str] = frozenset()) -> list[str]:
-        """JSONL/JSON files the training form can offer (names in `exclude` left out)."""
+        """JSONL/JSON files the training form can offer: not named in `exclude`, and not in a
+        folder holding one of those names (a run's or a report's own folder)."""
         out: list[str] = []
         for top, files in self._walk(max_depth=4):
+            if exclude.intersection(files):
+                continue
             for name in files:
                 wanted = name.endswith(DATA_SUFFIXES) and name not in exclude
                 if wanted and name[0] not in ".-" and self._is_own_file(top / name):

@@ -370,10 +370,15 @@ async function chatOnce(variant, col, text) {
       if (delta.content) {
         if (firstMs === null) firstMs = Math.round(performance.now() - began);
         answer += delta.content;
-        answerEl.textContent = answer;
+        answerEl.textContent = answer.trimStart(); // as the non-streamed answer is trimmed
       }
     }
+    answer = answer.trim();
     history.push({ role: "assistant", content: answer });
+    if (!answer) {
+      answerEl.textContent = t("none");
+      answerEl.classList.add("muted");
+    }
   } catch (e) {
     history.pop();
     answerEl.classList.add("error");
@@ -715,17 +720,18 @@ function stamp() {
 }
 
 function fieldLabel(f) {
+  // A field the page has no label for (a new TrainConfig field) shows its own name.
   const key = "f." + f.name;
-  return t(key) === key ? f.name : t(key);
+  return h("span", { text: t(key) === key ? f.name : t(key), "data-i18n": I18N.en[key] ? key : null });
 }
 
 // One input per field of the server's training form (fields.TRAIN_FORM): its kind says how.
 function formField(f) {
   const label = (control) => h("label", { class: f.kind === "bool" ? "check" : "", title: f.help || "", "data-field": f.name },
-    f.kind === "bool" ? control : null, h("span", { text: fieldLabel(f) }), f.kind === "bool" ? null : control);
+    f.kind === "bool" ? control : null, fieldLabel(f), f.kind === "bool" ? null : control);
   if (f.kind === "files") {
     const box = h("div", { class: "files", "data-field": f.name });
-    return h("fieldset", { title: f.help || "" }, h("legend", { text: fieldLabel(f) }), box);
+    return h("fieldset", { title: f.help || "" }, h("legend", {}, fieldLabel(f)), box);
   }
   if (f.kind === "bool") return label(h("input", { type: "checkbox", name: f.name, checked: !!f.default }));
   if (f.kind === "number") {
