@@ -4,9 +4,9 @@ A job is a validated form (`fields.parse_job`) run as an argv list under `jobrun
 session of its own: it survives the page, the request and the server. Its state lives in
 `<workspace>/.jobs/`: `<id>.json` (the record, rewritten atomically), `<id>.log` (the command's
 stdout and stderr) and `<id>.exit.json` (the exit code, written by the runner). A server
-started later over the same workspace re-attaches to jobs still running (the process group is
-alive and its leader's start time unchanged) and reads the exit files of those that ended
-meanwhile; a job whose processes vanished without an exit file is `lost`.
+started later over the same workspace re-attaches to jobs still running (a process of the job's
+group runs, zombies aside, and the leader's pid was not reused) and reads the exit files of
+those that ended meanwhile; a job whose processes vanished without an exit file is `lost`.
 
 Cancel sends SIGTERM to the job's process group, then SIGKILL after a grace period.
 """
@@ -52,27 +52,28 @@ class JobError(ApiError):
         super().__init__(status, message, type=error_type(status), code=code)
 
 
-def _leader_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) of a process, from /proc."""
+def _proc_stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state letter, process group, start time in clock ticks since boot), from /proc."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     rest = raw[raw.rfind(")") + 2 :].split()  # the command name may hold spaces and ')'
     try:
-        return rest[0], int(rest[19])
+        return rest[0], int(rest[2]), int(rest[19])
     except (IndexError, ValueError):
         return None
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _group_has_live_member(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs. Zombies do not count: an ended process
+    stays one until its parent (or, for orphans, an init that may never) reaps it."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(entry.name)
+            if stat is not None and stat[1] == pgid and stat[0] != "Z":
+                return True
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -128,12 +129,12 @@ class Jobs:
         proc = self._procs.get(job["id"])
         if proc is not None:
             return proc.poll() is None
-        if not _group_alive(job["pgid"]):
+        # Started by an earlier server: its group, unless the leader's pid now names another
+        # process (its start time differs).
+        leader = _proc_stat(job["pgid"])
+        if leader is not None and leader[2] != job.get("pid_start"):
             return False
-        leader = _leader_state(job["pgid"])
-        # No leader: the runner died and its command may still run in the group. Another start
-        # time: the pid was reused. A zombie: the runner ended, unreaped by a parent gone away.
-        return leader is None or (leader[1] == job.get("pid_start") and leader[0] != "Z")
+        return _group_has_live_member(job["pgid"])
 
     def _refresh(self, job: dict) -> dict:
         """Bring a running job's record up to date with its processes."""
@@ -270,7 +271,7 @@ class Jobs:
             "started": now,
             "ended": None,
             "pgid": proc.pid,
-            "pid_start": (_leader_state(proc.pid) or (None, None))[1],
+            "pid_start": (_proc_stat(proc.pid) or (None, None, None))[2],
             "exit_code": None,
             "cancel_requested": None,
             "error": None,
@@ -296,7 +297,9 @@ class Jobs:
     def _kill_if_alive(self, job_id: str, pgid: int) -> None:
         with self._lock:
             proc = self._procs.get(job_id)
-            ended = proc.poll() is not None if proc is not None else not _group_alive(pgid)
+            ended = (
+                proc.poll() is not None if proc is not None else not _group_has_live_member(pgid)
+            )
         if not ended:
             _signal_group(pgid, signal.SIGKILL)
 
