@@ -262,7 +262,14 @@ def test_a_real_training_job_runs_to_its_end_and_its_curve_appears(tab, tiny_mod
     expect(job.locator(".status")).to_have_text("成功", timeout=JOB_TIMEOUT_MS)
     expect(job.locator(".progress-text")).to_contain_text("4/4")
     assert "--no-builtin-data" in job.locator(".command code").text_content()
-    p.shot("06-training-done.png")
+    log = job.locator("pre.log")
+    expect(log).to_contain_text("done: 4 optimizer steps")  # the CLI's last line, ...
+    assert "\x1b" not in log.inner_text()  # tqdm's cursor codes are not shown
+    at_tail = "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 8"
+    page.wait_for_function(
+        f"() => ({at_tail})(document.querySelector('.job.status-succeeded pre.log'))"
+    )
+    p.shot("06-training-done.png")  # ... in view: the log follows its tail
     job.locator('[data-action="curves"]').click()
     loss = page.locator('#report-detail svg.chart path[data-series="训练损失"]')
     expect(loss).to_be_visible()

@@ -483,7 +483,7 @@ function lineChart(series, { width = 760, height = 300, xLabel = "" } = {}) {
     grid.append(s("text", { x: m.l - 6, y: Y(v) + 4, "text-anchor": "end" }, +v.toFixed(4)));
   }
   for (const v of niceTicks(x0, x1, 8)) {
-    if (v < x0 || v > x1 || (x1 - x0 > 8 && v % 1 !== 0)) continue;
+    if (v < x0 || v > x1 || v % 1 !== 0) continue; // steps are whole numbers
     grid.append(s("text", { x: X(v), y: height - m.b + 16, "text-anchor": "middle" }, v));
   }
   grid.append(s("text", { x: (m.l + width - m.r) / 2, y: height - 6, "text-anchor": "middle", class: "axis-label" }, xLabel));
@@ -821,14 +821,21 @@ function renderJobs(jobs) {
   const list = $("#job-list");
   if (!jobs.length) return list.replaceChildren(h("p", { class: "muted", text: t("training.nojobs") }));
   const existing = new Map([...list.querySelectorAll(".job")].map((el) => [el.dataset.id, el]));
+  const kept = [];
   const cards = jobs.map((job) => {
     const card = jobCard(job);
     const old = existing.get(job.id);
     const oldLog = old && old.querySelector(".log");
-    if (oldLog && openLogs.has(job.id)) card.querySelector(".log-slot").replaceWith(oldLog);
+    if (oldLog && openLogs.has(job.id)) {
+      // Moving the element resets its scroll: keep the reader where they were (at the tail).
+      const atBottom = oldLog.scrollTop + oldLog.clientHeight >= oldLog.scrollHeight - 8;
+      kept.push([oldLog, atBottom ? Infinity : oldLog.scrollTop]);
+      card.querySelector(".log-slot").replaceWith(oldLog);
+    }
     return card;
   });
   list.replaceChildren(...cards);
+  for (const [log, top] of kept) log.scrollTop = top === Infinity ? log.scrollHeight : top;
   for (const id of openLogs) if (!timers.logs.has(id)) pollLog(id);
 }
 
@@ -868,8 +875,9 @@ function jobCard(job) {
 }
 
 function cleanLog(text) {
-  // tqdm redraws its bar with '\r': keep what a terminal would show last on each line.
-  return text.split("\n").map((line) => line.split("\r").filter(Boolean).pop() || "").join("\n");
+  // tqdm redraws its bar with '\r' and moves the cursor with escape codes: keep what a
+  // terminal would show last on each line, without the codes.
+  return text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").split("\n").map((line) => line.split("\r").filter(Boolean).pop() || "").join("\n");
 }
 
 function toggleLog(id) {
