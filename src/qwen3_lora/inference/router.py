@@ -5,7 +5,8 @@
                ├ 通用问题 → action "general"
                └ 无关问题 → action "reject"
 
-Both classification steps use label scoring, so each carries a probability.
+Both classification steps use label scoring, so each carries its label's probability and
+`scores`, every label's probability (a softmax over the task's labels, in registry order).
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def _check_registry(predictor: Predictor) -> None:
             )
 
 
+def _classified(prediction) -> dict:
+    return {
+        "label": prediction.output,
+        "probability": prediction.probability,
+        "scores": prediction.scores,
+    }
+
+
 def route(predictor: Predictor, text: str, *, max_new_tokens: int = 256) -> dict:
     """Run the pipeline on one user message; one JSON-ready dict with every step's result."""
     _check_registry(predictor)
@@ -51,12 +60,12 @@ def route(predictor: Predictor, text: str, *, max_new_tokens: int = 256) -> dict
         "action": None,
     }
     scene = predictor.predict(SCENE_TASK, [text], decode="score")[0]
-    result["scene"] = {"label": scene.output, "probability": scene.probability}
+    result["scene"] = _classified(scene)
     if scene.output != PLATFORM:
         result["action"] = "general" if scene.output == GENERAL else "reject"
     else:
         kind = predictor.predict(TYPE_TASK, [text], decode="score")[0]
-        result["type"] = {"label": kind.output, "probability": kind.probability}
+        result["type"] = _classified(kind)
         if kind.output == DO:
             name = predictor.predict(EXTRACT_TASK, [text], max_new_tokens=max_new_tokens)[0]
             result["file_name"] = name.output or None

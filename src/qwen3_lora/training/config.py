@@ -185,6 +185,11 @@ def _type_name(hint: Any) -> str:
     return _type_name(args[0]) if len(args) == 1 else "str"
 
 
+def field_type_names() -> dict[str, str]:
+    """Each `TrainConfig` field's type: 'bool', 'int', 'float', 'str' or 'list'."""
+    return {name: _type_name(hint) for name, hint in _field_types().items()}
+
+
 def _check_type(name: str, value: Any, kind: str) -> str | None:
     """A problem message when `value` does not fit the field's type, else None."""
     if value is None:

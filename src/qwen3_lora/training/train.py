@@ -31,12 +31,11 @@ from ..models.source import ModelSource, resolve_model_source
 from ..prompt.encoding import EncodedDataset, EncodeReport, PadCollator, encode_records
 from .checkpoints import CHECKPOINT_DIR, last_complete_checkpoint, trim_metrics
 from .config import TrainConfig
+from .outputs import CONFIG_FILE, METRICS_FILE, PROGRESS_FILE
 from .speed import SpeedPaths, is_compiled, speed_up
-from .trainer import LoraTrainer, MetricsLogger, TokenCounter
+from .trainer import LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "train_config.yaml"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -267,6 +266,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         processing_class=tokenizer,
         callbacks=[
             MetricsLogger(out / METRICS_FILE, tokens),
+            *([ProgressFile(out / PROGRESS_FILE)] if main_process else []),
             *(callbacks or []),
             *speed.callbacks,
             *_logging_callbacks(config, out, main_process),

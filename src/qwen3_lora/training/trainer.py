@@ -1,4 +1,5 @@
-"""The Trainer subclass that trains with our loss, and the callback that writes metrics.jsonl."""
+"""The Trainer subclass that trains with our loss, and the callbacks that write metrics.jsonl and
+progress.json."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..files import atomic_write_text
 from ..models.loading import Precision
 from .loss import causal_lm_loss
 
@@ -72,3 +74,40 @@ class MetricsLogger(TrainerCallback):
             self._last = (now, tokens)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class ProgressFile(TrainerCallback):
+    """progress.json: the optimizer step reached and the Trainer's own planned total.
+
+    `max_steps` is what the Trainer will run (epochs or --max-steps, any world size), so a
+    watcher (the web console's job list) needs no log parsing. Rewritten whole, atomically, at
+    train begin, after each optimizer step and at the end: a reader never meets half a file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.started = time.time()
+
+    def _write(self, state, status: str) -> None:
+        if not state.is_world_process_zero:
+            return
+        record = {
+            "status": status,
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": round(state.epoch or 0.0, 4),
+            "num_train_epochs": state.num_train_epochs,
+            "started": self.started,
+            "updated": time.time(),
+        }
+        atomic_write_text(self.path, json.dumps(record))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time()
+        self._write(state, "running")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._write(state, "running")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, "done")

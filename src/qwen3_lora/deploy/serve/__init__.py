@@ -2,8 +2,8 @@
 
 settings (`ServeConfig`, flags) -> errors (OpenAI-style error objects) -> schemas (request
 bodies) -> limits (429 / 504 admission) -> runner (the model thread, task batching) ->
-middleware (access log, API key, body size) -> routes (`tasks`, `chat`) -> `app.create_app`
--> `main.serve`.
+middleware (access log, API key, body size) -> routes (`tasks`, `chat`, and the web console:
+`console`) -> `app.create_app` -> `main.serve`.
 """
 
 from .app import create_app

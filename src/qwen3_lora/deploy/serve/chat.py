@@ -20,8 +20,9 @@ from fastapi.responses import StreamingResponse
 
 from ...prompt.render import render_chat, split_thinking
 from .errors import ERROR_RESPONSES, ApiError, error_body
+from .runner import stream_with_adapter, with_adapter
 from .schemas import ChatCompletionRequest
-from .state import ServeState, log_fields
+from .state import ServedModel, ServeState, log_fields
 
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
 MAX_STOP_STRINGS = 4
@@ -63,8 +64,9 @@ def sse(payload: dict | str) -> str:
 
 @dataclass
 class ChatTurn:
-    """One validated chat request, rendered and budgeted, ready to run."""
+    """One validated chat request, rendered and budgeted, ready to run on `model`."""
 
+    model: ServedModel
     body: ChatCompletionRequest
     messages: list[dict]
     prompt: str
@@ -84,6 +86,7 @@ class ChatTurn:
 
 
 async def prepare_turn(state: ServeState, body: ChatCompletionRequest, request: Request):
+    m = state.model
     if body.model and body.model != state.model_id:
         raise ApiError(
             404,
@@ -92,6 +95,7 @@ async def prepare_turn(state: ServeState, body: ChatCompletionRequest, request: 
             param="model",
             code="model_not_found",
         )
+    m.require_adapter(body.adapter)
     if body.messages[-1].role != "user":
         raise ApiError(400, "the last message must have role 'user'", param="messages", code=None)
     messages = [
@@ -102,28 +106,35 @@ async def prepare_turn(state: ServeState, body: ChatCompletionRequest, request: 
     if len(stops) > MAX_STOP_STRINGS:
         raise ApiError(400, f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     thinking = bool(body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking)
-    prompt = render_chat(state.tokenizer, messages, thinking=thinking)
+    prompt = render_chat(m.tokenizer, messages, thinking=thinking)
     fields = log_fields(request)
-    fields["prompt_tokens"] = prompt_tokens = await state.count_tokens(prompt)
+    fields["prompt_tokens"] = prompt_tokens = await m.count_tokens(prompt)
     requested = body.max_completion_tokens or body.max_tokens
     sampling = {
-        "max_new_tokens": state.check_budget(prompt_tokens, requested, "max_tokens"),
+        "max_new_tokens": m.check_budget(prompt_tokens, requested, "max_tokens"),
         # A vanishing temperature overflows the scaled logits (inf/nan): that is greedy.
         "temperature": body.temperature if body.temperature >= GREEDY_BELOW else 0.0,
         "top_p": body.top_p,
     }
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     return ChatTurn(
-        body, messages, prompt, prompt_tokens, sampling, stops, thinking, completion_id, fields
+        m, body, messages, prompt, prompt_tokens, sampling, stops, thinking, completion_id, fields
     )
 
 
 async def complete(state: ServeState, turn: ChatTurn) -> dict:
     """The whole answer as one `chat.completion` object."""
+    p = turn.model.predictor
     reasoning, answer = await state.runner.call(
-        state.predictor.chat, turn.messages, thinking=turn.thinking, **turn.sampling
+        with_adapter,
+        p,
+        turn.body.adapter,
+        p.chat,
+        turn.messages,
+        thinking=turn.thinking,
+        **turn.sampling,
     )
-    completion_tokens = await state.count_tokens(reasoning + answer)
+    completion_tokens = await turn.model.count_tokens(reasoning + answer)
     turn.log["completion_tokens"] = completion_tokens
     finish = "length" if completion_tokens >= turn.sampling["max_new_tokens"] else "stop"
     scanner = StopScanner(turn.stops)
@@ -146,7 +157,10 @@ async def complete(state: ServeState, turn: ChatTurn) -> dict:
 async def stream(state: ServeState, turn: ChatTurn) -> StreamingResponse:
     """The answer as `chat.completion.chunk` events; 429/504 still come as a status."""
     sampling = dict(turn.sampling)
-    pieces = state.runner.stream(lambda: state.predictor.stream(turn.prompt, **sampling))
+    p = turn.model.predictor
+    pieces = state.runner.stream(
+        lambda: stream_with_adapter(p, turn.body.adapter, lambda: p.stream(turn.prompt, **sampling))
+    )
     # Wait for the first piece here, so 429/504/model errors still get a proper status.
     try:
         first = await anext(pieces)
@@ -214,7 +228,7 @@ async def _answer_events(state: ServeState, turn: ChatTurn, pieces, chunk) -> As
     tail = scanner.flush() + (scanner.feed(held) + scanner.flush() if held else "")
     if tail:
         yield sse(chunk({"content": tail}))
-    completion_tokens = await state.count_tokens("".join(produced))
+    completion_tokens = await turn.model.count_tokens("".join(produced))
     turn.log["completion_tokens"] = completion_tokens
     limit = turn.sampling["max_new_tokens"]
     finish = "length" if completion_tokens >= limit and not scanner.stopped else "stop"

@@ -28,6 +28,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        problems: list[str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
@@ -37,6 +38,7 @@ class ApiError(Exception):
             param,
             code,
         )
+        self.problems = problems  # every invalid field of the request, when there are several
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
@@ -45,7 +47,22 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 def error_response(exc: ApiError, headers: dict | None = None) -> JSONResponse:
     body = error_body(exc.message, exc.type, exc.param, exc.code)
+    if exc.problems:
+        body["error"]["problems"] = exc.problems
     return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+ERROR_TYPES = {
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+}
+
+
+def error_type(status: int) -> str:
+    """The OpenAI-style `type` of an error status."""
+    return ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def server_busy() -> ApiError:

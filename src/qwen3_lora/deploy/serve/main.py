@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from ...errors import UserError
 from ...inference.predictor import Predictor
 from .app import create_app
+from .console import console_from_config
 from .middleware import access_log
 from .settings import ServeConfig
 
@@ -28,6 +31,20 @@ def load_predictor(config: ServeConfig) -> Predictor:
         trust_remote_code=config.trust_remote_code,
         tasks=config.tasks,
     )
+
+
+def adapter_loader(config: ServeConfig) -> Callable[[str], Predictor]:
+    """What the console's "load into the playground" calls: an adapter folder -> a warmed-up
+    predictor, loaded as this server loads its own (precision, hub, tasks)."""
+
+    def load(folder: str) -> Predictor:
+        predictor = load_predictor(
+            dataclasses.replace(config, adapter=folder, model=None, base_model=None)
+        )
+        warm_up(predictor)
+        return predictor
+
+    return load
 
 
 def warm_up(predictor) -> None:
@@ -64,6 +81,10 @@ def run_app(app, predictor, config: ServeConfig) -> None:
         log.warning(
             "serving on %s without --api-key: anyone who can reach it can use it", config.host
         )
+    if config.enable_training and config.host not in LOCAL_HOSTS and not config.api_key:
+        log.warning(
+            "--enable-training without --api-key: anyone who reaches %s can train", config.host
+        )
     log.info(
         "serving %s on http://%s:%d (context %d, max_tokens cap %d, concurrency %d + queue %d)",
         config.model_name(),
@@ -87,6 +108,7 @@ def run_app(app, predictor, config: ServeConfig) -> None:
 def serve(config: ServeConfig) -> None:
     """Load the model and serve it until interrupted."""
     check_settings(config)
+    console = console_from_config(config, load_adapter=adapter_loader(config))
     predictor = load_predictor(config)
     warm_up(predictor)
-    run_app(create_app(predictor, config), predictor, config)
+    run_app(create_app(predictor, config, console=console), predictor, config)

@@ -74,16 +74,39 @@ class AccessLog:
 
 
 class BearerAuth:
-    """Every route but /health needs `Authorization: Bearer <key>`, compared in constant time."""
+    """Every route but /health needs `Authorization: Bearer <key>`, compared in constant time.
+
+    The web console's page and its files (`page_paths`, anything under `page_prefix`) are open
+    to GET and HEAD: they are the page's own code and hold no data; the page asks for the key
+    and sends it with every API call it makes.
+    """
 
     OPEN_PATHS = frozenset({"/health"})
 
-    def __init__(self, app, api_key: str | None):
+    def __init__(
+        self,
+        app,
+        api_key: str | None,
+        page_paths: frozenset[str] = frozenset(),
+        page_prefix: str | None = None,
+    ):
         self.app = app
         self.key = api_key.encode("utf-8") if api_key else None
+        self.page_paths = page_paths
+        self.page_prefix = page_prefix
+
+    def _is_open(self, scope) -> bool:
+        path = scope.get("path") or ""
+        if path in self.OPEN_PATHS:
+            return True
+        if scope.get("method") not in ("GET", "HEAD") or ".." in path:
+            return False
+        return path in self.page_paths or bool(
+            self.page_prefix and path.startswith(self.page_prefix)
+        )
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.key is None or scope.get("path") in self.OPEN_PATHS:
+        if scope["type"] != "http" or self.key is None or self._is_open(scope):
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")

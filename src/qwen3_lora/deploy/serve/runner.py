@@ -1,6 +1,10 @@
 """The model runner: every piece of model work runs on one worker thread, never on the event
 loop, after passing the admission limits (`limits`). Task requests for the same task (and the
-same answer length) arriving within `batch_window_ms` run as one batch."""
+same answer length, model and adapter switch) arriving within `batch_window_ms` run as one batch.
+
+A request may ask for the base model (`adapter: false`): its work runs inside the predictor's
+`without_adapter()` on the model thread, so the switch never overlaps another request's work.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,34 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import request_timeout
 from .limits import Admission
 from .settings import ServeConfig
+
+
+def adapter_switch(predictor, adapter: bool):
+    """The context a piece of model work runs in: as loaded, or with the adapter switched off."""
+    return nullcontext() if adapter else predictor.without_adapter()
+
+
+def with_adapter(predictor, adapter: bool, fn: Callable, *args, **kwargs):
+    """`fn(*args, **kwargs)` inside `adapter_switch`; model thread only."""
+    with adapter_switch(predictor, adapter):
+        return fn(*args, **kwargs)
+
+
+def stream_with_adapter(predictor, adapter: bool, make_pieces: Callable[[], Iterator[str]]):
+    """The pieces of `make_pieces()`, generated inside `adapter_switch`: entered, iterated and
+    closed on the model thread by `ModelRunner.stream`."""
+    with adapter_switch(predictor, adapter):
+        yield from make_pieces()
+
+
+_BatchKey = tuple[object, str, int | None, bool]  # predictor, task, max_new_tokens, adapter
 
 
 @dataclass
@@ -32,8 +58,8 @@ class ModelRunner:
             config.max_concurrency, config.max_queue, config.request_timeout_s
         )
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: dict[tuple[str, int | None], list[_BatchItem]] = {}
-        self._timers: dict[tuple[str, int | None], asyncio.TimerHandle] = {}
+        self._pending: dict[_BatchKey, list[_BatchItem]] = {}
+        self._timers: dict[_BatchKey, asyncio.TimerHandle] = {}
 
     # Lifecycle: asyncio objects belong to the loop the app runs on.
     def start(self) -> None:
@@ -79,13 +105,23 @@ class ModelRunner:
         """Run `fn` on the model thread."""
         return await self._run_admitted(lambda: self._submit(lambda: fn(*args, **kwargs)))
 
-    async def predict(self, task: str, text: str, max_new_tokens: int | None):
-        """(prediction, batch size): one task prediction, batched with others for the task."""
-        return await self._run_admitted(lambda: self._enqueue(task, text, max_new_tokens))
+    async def predict(
+        self,
+        task: str,
+        text: str,
+        max_new_tokens: int | None,
+        *,
+        predictor=None,
+        adapter: bool = True,
+    ):
+        """(prediction, batch size): one task prediction, batched with others for the task.
 
-    def _enqueue(self, task: str, text: str, max_new_tokens: int | None) -> asyncio.Future:
+        `predictor` defaults to the runner's; `adapter` false runs it with the adapter off."""
+        key = (predictor or self.predictor, task, max_new_tokens, adapter)
+        return await self._run_admitted(lambda: self._enqueue(key, text))
+
+    def _enqueue(self, key: _BatchKey, text: str) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        key = (task, max_new_tokens)
         item = _BatchItem(text, loop.create_future())
         batch = self._pending.setdefault(key, [])
         batch.append(item)
@@ -97,19 +133,21 @@ class ModelRunner:
             )
         return item.future
 
-    def _flush(self, key: tuple[str, int | None]) -> None:
+    def _flush(self, key: _BatchKey) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         items = self._pending.pop(key, [])
         if not items:
             return
-        task, max_new_tokens = key
+        predictor, task, max_new_tokens, adapter = key
         texts = [item.text for item in items]
         kwargs: dict[str, Any] = {"batch_size": len(texts)}
         if max_new_tokens:
             kwargs["max_new_tokens"] = max_new_tokens
-        work = self._submit(lambda: self.predictor.predict(task, texts, **kwargs))
+        work = self._submit(
+            lambda: with_adapter(predictor, adapter, predictor.predict, task, texts, **kwargs)
+        )
 
         def deliver(done: asyncio.Future) -> None:
             error = None if done.cancelled() else done.exception()

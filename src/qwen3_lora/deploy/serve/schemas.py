@@ -18,6 +18,14 @@ def _encodable(text: str) -> str:
 Text = Annotated[str, AfterValidator(_encodable)]
 
 
+def _adapter_switch():
+    return Field(
+        default=True,
+        description="extension: false answers with the base model, the adapter switched off "
+        "(400 no_adapter when the server has none)",
+    )
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: Text
@@ -59,6 +67,7 @@ class ChatCompletionRequest(BaseModel):
     chat_template_kwargs: ChatTemplateKwargs | None = Field(
         default=None, description="`{'enable_thinking': true}` lets Qwen3 think first"
     )
+    adapter: bool = _adapter_switch()
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -71,8 +80,10 @@ class TaskRequest(BaseModel):
     max_tokens: int | None = Field(
         default=None, ge=1, description="answer length cap for generation/extraction tasks"
     )
+    adapter: bool = _adapter_switch()
 
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     input: Text = Field(min_length=1, description="the user's text")
+    adapter: bool = _adapter_switch()

@@ -36,6 +36,9 @@ class ServeConfig:
     request_timeout_s: float = 120.0
     batch_window_ms: float = 5.0
     max_batch_size: int = 32
+    workspace: str | None = None  # the web console reads and writes only inside it
+    enable_training: bool = False  # the console may start train/eval jobs and swap the adapter
+    max_jobs: int = 1  # console jobs running at once
 
     def validate(self) -> list[str]:
         """Every problem with the values, not just the first."""
@@ -59,6 +62,12 @@ class ServeConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_context is not None and self.max_context <= 0:
             problems.append(f"max_context must be > 0, got {self.max_context}")
+        if self.max_jobs <= 0:
+            problems.append(f"max_jobs must be > 0, got {self.max_jobs}")
+        if self.workspace is not None and not Path(self.workspace).is_dir():
+            problems.append(f"--workspace {self.workspace} is not a folder")
+        if self.enable_training and not self.workspace:
+            problems.append("--enable-training needs --workspace (jobs write only inside it)")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
@@ -98,6 +107,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="504 (120 s)")
     p.add_argument("--batch-window-ms", type=float, help="task requests collected per batch (5)")
     p.add_argument("--max-batch-size", type=int, help="largest task batch (32)")
+    p.add_argument(
+        "--workspace",
+        help="folder the web console at / reads eval reports and training runs from, and writes "
+        "its jobs into (nothing outside it is read or written)",
+    )
+    p.add_argument(
+        "--enable-training",
+        action="store_true",
+        help="let the console start train/eval jobs and load their adapters (needs --workspace; "
+        "off by default)",
+    )
+    p.add_argument("--max-jobs", type=int, help="console jobs running at once (1)")
 
 
 def config_from_arguments(args: argparse.Namespace, environ: dict) -> ServeConfig:

@@ -1,5 +1,11 @@
-"""What every route of one server shares: the predictor, its runner, the settings, and the two
-checks every model request passes first (a known task, a prompt that fits the context)."""
+"""What every route of one server shares: the settings, the runner, and the model being served,
+with the checks every model request passes first (a known task, a prompt that fits the context,
+an adapter to switch off when the request asks for the base model).
+
+The served model can be swapped while the server runs (the console's "load into the
+playground"): a request reads `ServeState.model` once, at its start, and uses that
+`ServedModel` throughout, so it never renders with one model's tokenizer and runs on another.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +21,12 @@ from .settings import ServeConfig
 _TOKENIZE_INLINE_CHARS = 4096
 
 
-@dataclass
-class ServeState:
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded predictor and the per-request checks that depend on it."""
+
     predictor: object
     config: ServeConfig
-    runner: ModelRunner
-    created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def tokenizer(self):
@@ -31,8 +37,8 @@ class ServeState:
         return self.predictor.registry
 
     @property
-    def model_id(self) -> str:
-        return self.config.model_name()
+    def has_adapter(self) -> bool:
+        return bool(getattr(self.predictor, "has_adapter", False))
 
     @property
     def context_length(self) -> int:
@@ -78,6 +84,38 @@ class ServeState:
                 code="task_not_found",
             )
         return task
+
+    def require_adapter(self, adapter: bool) -> None:
+        """`adapter: false` asks for the base model: 400 when there is no adapter to switch off."""
+        if not adapter and not self.has_adapter:
+            raise ApiError(
+                400,
+                "adapter: false asks for the base model with the adapter switched off, but this "
+                "server serves a model without an adapter",
+                param="adapter",
+                code="no_adapter",
+            )
+
+
+@dataclass
+class ServeState:
+    model: ServedModel
+    config: ServeConfig
+    runner: ModelRunner
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def over(cls, predictor, config: ServeConfig, runner: ModelRunner) -> ServeState:
+        return cls(ServedModel(predictor, config), config, runner)
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_name()
+
+    def use_predictor(self, predictor) -> None:
+        """Serve `predictor` from now on; requests already running finish on the one they took."""
+        self.model = ServedModel(predictor, self.config)
+        self.runner.predictor = predictor
 
 
 def log_fields(request) -> dict:

@@ -10,6 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from ...inference.router import route
 from ...prompt.render import render_prompt
 from .errors import ERROR_RESPONSES
+from .runner import with_adapter
 from .schemas import RouteRequest, TaskRequest
 from .state import ServeState, log_fields
 
@@ -33,23 +34,29 @@ def task_routes(state: ServeState) -> APIRouter:
             "object": "list",
             "data": [
                 {"name": t.name, "id": t.id, "kind": t.kind, "labels": list(t.labels)}
-                for t in state.registry.tasks
+                for t in state.model.registry.tasks
             ],
         }
 
     @api.post("/v1/tasks/{task}", tags=["tasks"], responses=ERROR_RESPONSES)
     async def run_task(task: str, body: TaskRequest, request: Request):
         """Run one registered task (by Chinese name or id) on `input`."""
-        spec = state.resolve_task(task)
+        m = state.model
+        spec = m.resolve_task(task)
+        m.require_adapter(body.adapter)
         fields = log_fields(request)
         fields["task"] = spec.id
-        prompt = render_prompt(state.tokenizer, spec.name, body.input)
-        fields["prompt_tokens"] = prompt_tokens = await state.count_tokens(prompt)
+        prompt = render_prompt(m.tokenizer, spec.name, body.input)
+        fields["prompt_tokens"] = prompt_tokens = await m.count_tokens(prompt)
         # Classifiers score their labels; the others generate up to max_tokens.
         requested = None if spec.is_classification else body.max_tokens
-        max_tokens = state.check_budget(prompt_tokens, requested, "input")
+        max_tokens = m.check_budget(prompt_tokens, requested, "input")
         prediction, fields["batch_size"] = await state.runner.predict(
-            spec.name, body.input, None if spec.is_classification else max_tokens
+            spec.name,
+            body.input,
+            None if spec.is_classification else max_tokens,
+            predictor=m.predictor,
+            adapter=body.adapter,
         )
         result: dict[str, Any] = {"task": spec.name}
         if spec.is_classification:
@@ -58,22 +65,27 @@ def task_routes(state: ServeState) -> APIRouter:
             result["answer"] = prediction.output
         if prediction.probability is not None:
             result["probability"] = prediction.probability
+        if prediction.scores is not None:
+            result["scores"] = prediction.scores  # every label's probability
         return result
 
     @api.post("/v1/route", tags=["tasks"], responses=ERROR_RESPONSES)
     async def route_text(body: RouteRequest, request: Request):
         """The router's structured result: scene, type and what follows from them."""
+        m = state.model
+        m.require_adapter(body.adapter)
         # The router runs several task prompts over the text; the longest must fit.
         prompt_tokens = max(
             [
-                await state.count_tokens(render_prompt(state.tokenizer, t.name, body.input))
-                for t in state.registry.tasks
+                await m.count_tokens(render_prompt(m.tokenizer, t.name, body.input))
+                for t in m.registry.tasks
             ]
         )
         log_fields(request)["prompt_tokens"] = prompt_tokens
-        max_tokens = state.check_budget(prompt_tokens, None, "input")
+        max_tokens = m.check_budget(prompt_tokens, None, "input")
+        p = m.predictor
         result = await state.runner.call(
-            route, state.predictor, body.input, max_new_tokens=max_tokens
+            with_adapter, p, body.adapter, route, p, body.input, max_new_tokens=max_tokens
         )
         return jsonable_encoder(result)
 
