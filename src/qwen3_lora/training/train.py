@@ -233,6 +233,16 @@ def _check_fresh_start(config: TrainConfig, out: Path) -> None:
     )
 
 
+def _end_distributed(trainer: LoraTrainer) -> None:
+    """Under torchrun, every process waits until the main one has written everything, then the
+    process group is destroyed on each. A process that returned with the group alive was torn
+    down while gloo's threads still ran ("terminate called without an active exception",
+    SIGABRT; pytorch/pytorch#65231), and torchrun then stopped the main process mid-save."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        trainer.end()  # accelerate's end_training: destroy_process_group
+
+
 def _logging_callbacks(config: TrainConfig, out: Path, main_process: bool) -> list:
     if "tensorboard" not in config.report_to or not main_process:
         return []
@@ -323,6 +333,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
             )
             tokenizer.save_pretrained(stage)
             (stage / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
+    _end_distributed(trainer)
     return TrainResult(
         output_dir=out,
         train_samples=len(train_set),
