@@ -73,10 +73,11 @@ def output_folder(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, not a folder; choose another {option}")
+    probe = _temp_path(path, "probe")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(probe := _temp_path(path, "probe"), os.O_CREAT | os.O_WRONLY, 0o666))
-        probe.unlink()
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o666))
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         raise _cannot_write(path, exc) from exc
     return path
