@@ -153,9 +153,9 @@ def test_outputs_that_cannot_be_written(capsys, tmp_path, memorised_adapter):
     err = _error(capsys, ["merge", *adapter, "--output", str(a_file)])
     assert f"--output {a_file} is a file" in err
     err = _error(capsys, ["merge", *adapter, "--output", str(a_file / "merged")])
-    assert f"the folder of --output {a_file} is a file" in err
+    assert f"cannot write {a_file / 'merged'}: {a_file} is a file, not a folder" in err
     err = _error(capsys, [*PREDICT, *adapter, "--output-file", str(a_file / "out.jsonl")])
-    assert f"the folder of --output-file {a_file} is a file" in err
+    assert f"cannot write {a_file / 'out.jsonl'}: {a_file} is a file, not a folder" in err
     err = _error(capsys, [*PREDICT, *adapter, "--output-file", str(tmp_path)])
     assert "is a folder; name a file" in err
     err = _error(capsys, ["eval", *adapter, "--precision", "fp32", "--output-dir", str(a_file)])

@@ -67,28 +67,43 @@ def _cannot_write(path: Path, exc: OSError) -> OutputError:
     )
 
 
+def _writable_folder(folder: Path, target: Path) -> None:
+    """Create `folder` if missing and check that a file can be created in it, for `target`."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"cannot write {target}: {folder} is a file, not a folder; choose another path"
+        )
+    probe = _temp_path(folder, "probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o666))
+        probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from exc
+
+
+def check_writable(target: str | Path) -> None:
+    """Fail early, with a clear message, when `target` (a file or a folder written later) could
+    not be written: its folder is created if missing and must take new files."""
+    _writable_folder(Path(target).parent, Path(target))
+
+
 def output_folder(path: str | Path, option: str) -> Path:
     """Create output folder `path` (named by command-line `option`) or explain why it cannot be
     written, before any work is done."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, not a folder; choose another {option}")
-    probe = _temp_path(path, "probe")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o666))
-        probe.unlink(missing_ok=True)
-    except OSError as exc:
-        raise _cannot_write(path, exc) from exc
+    _writable_folder(path, path)
     return path
 
 
 def check_output_file(path: str | Path, option: str) -> Path:
-    """Fail early, with a clear message, when output file `path` could not be written later."""
+    """Fail early when output file `path` (command-line `option`) could not be written later."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; name a file")
-    output_folder(path.parent, f"the folder of {option}")
+    check_writable(path)
     return path
 
 

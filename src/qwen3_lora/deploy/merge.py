@@ -18,7 +18,7 @@ import torch
 
 from ..data.registry import load_registry
 from ..errors import UserError
-from ..files import output_folder, staged_folder
+from ..files import check_writable, staged_folder
 from ..models.adapter import AdapterFolder, ModelToLoad, stop_token_ids
 from ..models.loading import load_base_model
 from ..models.source import ModelSource
@@ -270,7 +270,7 @@ def merge_adapter(
         raise MergeError(f"--output {output} is a file; choose a new folder")
     if output.exists() and any(output.iterdir()):
         raise MergeError(f"output folder {output} is not empty; choose a new --output folder")
-    output_folder(output.parent, "the folder of --output")
+    check_writable(output)
     merged = merge_in_memory(
         adapter, base_model=base_model, dtype=dtype, hub=hub, trust_remote_code=trust_remote_code
     )
