@@ -1,7 +1,10 @@
 """Data-parallel training with torchrun: 2 CPU processes (gloo) train like one process with the
-same effective batch, write one adapter and one metrics file, and resume across world sizes.
+same effective batch, write one adapter and one metrics file, resume across world sizes, and
+every process ends cleanly (no abort at exit, run after run).
 
-The command is the README's multi-GPU command with 2 CPU processes instead of N GPUs.
+The command is the README's multi-GPU command with 2 CPU processes instead of N GPUs. The
+acceptance soak, 20 runs in a row, is `python scripts/torchrun_soak.py --runs 20`; this file
+runs two in a row.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qwen3_lora.data.records import load_builtin, load_records
+from qwen3_lora.models.adapter import quiet_peft_wrapping
 from qwen3_lora.prompt.encoding import PadCollator, encode_records
 from qwen3_lora.training.loss import causal_lm_loss
 
 pytestmark = pytest.mark.slow
+SOAK = Path(__file__).resolve().parents[1] / "scripts" / "torchrun_soak.py"
+# What a process that died of a signal or an exception leaves in torchrun's output.
+UNCLEAN = ("terminate called", "Signal 6", "SIGABRT", "SIGTERM", "Traceback")
 
 
 def _free_port() -> int:
@@ -75,12 +82,15 @@ def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [m for m in UNCLEAN if m in proc.stderr], proc.stderr[-3000:]
     return proc
 
 
 def _train_loss(adapter: Path, base: Path, data: Path) -> float:
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    with quiet_peft_wrapping():
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    model.eval()
     encoded, _ = encode_records(tokenizer, load_records([data]), 512)
     batch = PadCollator(tokenizer.pad_token_id)([e.as_features() for e in encoded])
     with torch.no_grad():
@@ -161,3 +171,16 @@ def test_resume_across_a_different_number_of_processes(tmp_path, tiny_model_dir,
     ]
     assert steps == [1, 2, 3, 4]
     assert (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+def test_consecutive_runs_end_cleanly(tiny_model_dir):
+    cmd = [sys.executable, str(SOAK), "--runs", "2", "--steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*cmd, "--base-model", str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and "0/2 failed" in proc.stdout, proc.stdout + proc.stderr[-3000:]

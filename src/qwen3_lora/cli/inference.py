@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..files import atomic_write_text, check_output_file, output_folder
 from ..inference.decode import DECODES
 from ..inference.errors import PredictorError
 from ..models.loading import PRECISIONS
@@ -67,6 +68,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.input_file
         else [{"task": args.task, "input": t} for t in args.texts]
     )
+    if args.output_file:
+        check_output_file(args.output_file, "--output-file")  # before the model loads
     predictor = _load_predictor(args)
     results = predict_rows(
         predictor,
@@ -77,8 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.output_file:
-        with open(args.output_file, "w", encoding="utf-8") as fh:
-            fh.writelines(line + "\n" for line in lines)
+        atomic_write_text(args.output_file, "".join(line + "\n" for line in lines))
         print(f"{len(results)} predictions written to {args.output_file}")
     elif args.json or args.input_file:
         print("\n".join(lines))
@@ -104,6 +106,7 @@ def add_predict(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.report import render_markdown, run_eval
 
+    output_folder(args.output_dir, "--output-dir")  # before the model loads
     result = run_eval(
         _load_predictor(args),
         args.output_dir,

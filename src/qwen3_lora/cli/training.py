@@ -15,7 +15,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cli_values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     file_values = load_yaml_config(args.config) if args.config else {}
-    config = build_config(file_values, cli_values)
+    config = build_config(file_values, cli_values, source=args.config)
     result = train(config)
     if os.environ.get("RANK", "0") != "0":
         return 0

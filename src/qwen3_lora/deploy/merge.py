@@ -18,6 +18,7 @@ import torch
 
 from ..data.registry import load_registry
 from ..errors import UserError
+from ..files import check_writable, staged_folder
 from ..models.adapter import AdapterFolder, ModelToLoad, stop_token_ids
 from ..models.loading import load_base_model
 from ..models.source import ModelSource
@@ -217,8 +218,6 @@ def merge_in_memory(
     trust_remote_code: bool = False,
 ) -> MergedModel:
     """Merge `adapter` into its base model on the CPU (in fp32, then cast to `dtype` once)."""
-    from peft import PeftModel
-
     folder = AdapterFolder.read(adapter)
     source = folder.base_source(base_model, hub)
     out_dtype = _output_dtype(dtype, source, trust_remote_code)
@@ -230,7 +229,7 @@ def merge_in_memory(
     with warnings.catch_warnings():
         # PEFT warns about adapters on tied embeddings; `_untie_embeddings` handles that case.
         warnings.filterwarnings("ignore", message=r".*tie_word_embeddings.*")
-        peft_model = PeftModel.from_pretrained(model, str(folder.path), is_trainable=False)
+        peft_model = folder.attach(model, source.name)
     touched = _touches_embeddings(peft_model)
     if base_tied and touched:
         untied = _untie_embeddings(peft_model)
@@ -262,28 +261,20 @@ def merge_adapter(
     trust_remote_code: bool = False,
     tasks: str | None = None,
 ) -> MergeResult:
-    """Merge `adapter` into its base model and write a plain transformers folder to `output`."""
+    """Merge `adapter` into its base model and write a plain transformers folder to `output`.
+
+    The folder is written under a temporary name beside `output` and renamed to it at the end,
+    so a killed merge leaves no `output` that looks complete."""
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise MergeError(f"--output {output} is a file; choose a new folder")
     if output.exists() and any(output.iterdir()):
         raise MergeError(f"output folder {output} is not empty; choose a new --output folder")
+    check_writable(output)
     merged = merge_in_memory(
         adapter, base_model=base_model, dtype=dtype, hub=hub, trust_remote_code=trust_remote_code
     )
-    output.mkdir(parents=True, exist_ok=True)
-    merged.model.save_pretrained(output)
-    merged.tokenizer.save_pretrained(output)
     dtype_name = str(merged.model.dtype).removeprefix("torch.")
-    (output / "README.md").write_text(
-        model_card(
-            name=output.name,
-            base_model=merged.base_model,
-            adapter=str(merged.adapter),
-            dtype=dtype_name,
-            tokenizer=merged.tokenizer,
-            tasks=tasks,
-        ),
-        encoding="utf-8",
-    )
     record = {
         "adapter": str(merged.adapter),
         "base_model": merged.base_model,
@@ -292,12 +283,24 @@ def merge_adapter(
         "tie_word_embeddings": merged.tied,
         "eos_token_id": merged.eos,
     }
-    (output / MERGE_CONFIG).write_text(
-        json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    card = model_card(
+        name=output.name,
+        base_model=merged.base_model,
+        adapter=str(merged.adapter),
+        dtype=dtype_name,
+        tokenizer=merged.tokenizer,
+        tasks=tasks,
     )
-    pickled = sorted(p.name for p in output.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-    if pickled:
-        raise MergeError(f"pickled weight files were written to {output}: {pickled}")
+    with staged_folder(output) as stage:
+        merged.model.save_pretrained(stage)
+        merged.tokenizer.save_pretrained(stage)
+        (stage / "README.md").write_text(card, encoding="utf-8")
+        (stage / MERGE_CONFIG).write_text(
+            json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        pickled = sorted(p.name for p in stage.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        if pickled:
+            raise MergeError(f"pickled weight files were written for {output}: {pickled}")
     files = sorted(p.name for p in output.iterdir())
     log.info("merged %s into %s (%s) -> %s", merged.adapter, merged.base_model, dtype_name, output)
     return MergeResult(output, merged.base_model, dtype_name, merged.tied, files)

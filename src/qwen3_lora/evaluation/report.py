@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.records import Record, load_builtin, load_records
+from ..files import atomic_path, atomic_write_text, output_folder
 from ..inference.errors import PredictorError
 from ..inference.predictor import Predictor
 from .metrics import confusion_matrix, sample_metrics, task_metrics
@@ -157,20 +158,18 @@ def run_eval(
         "models": {run.name: run.tasks for run in runs},
         "seconds": {run.name: round(run.seconds, 3) for run in runs},
     }
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(output_dir, "--output-dir")
     files = {
         "json": out / REPORT_JSON,
         "markdown": out / REPORT_MD,
         "predictions": out / PREDICTIONS,
         "chart": out / CHART,
     }
-    files["json"].write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    files["markdown"].write_text(render_markdown(report), encoding="utf-8")
-    with files["predictions"].open("w", encoding="utf-8") as fh:
-        for run in runs:
-            for row in run.rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # Each report replaces its previous version whole (temporary name + rename).
+    atomic_write_text(files["json"], json.dumps(report, ensure_ascii=False, indent=2))
+    atomic_write_text(files["markdown"], render_markdown(report))
+    rows = (json.dumps(row, ensure_ascii=False) + "\n" for run in runs for row in run.rows)
+    atomic_write_text(files["predictions"], "".join(rows))
     draw_chart(report, files["chart"])
     return EvalResult(report, out, files, runs)
 
@@ -254,4 +253,5 @@ def draw_chart(report: dict, path: Path) -> None:
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")

@@ -111,9 +111,7 @@ class Predictor:
             device=torch_device,
         )
         if to_load.adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(to_load.adapter.path), is_trainable=False)
+            model = to_load.adapter.attach(model, to_load.base.name)
         adapter_dir = str(to_load.adapter.path) if to_load.adapter else None
         log.info(
             "loaded %s%s on %s in %s",

@@ -8,18 +8,21 @@ A folder holding a full model instead (config.json and no adapter config: the ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..prompt.render import end_of_turn_token
-from .loading import load_tokenizer, with_pad_fallback
+from .loading import damaged_safetensors, load_tokenizer, with_pad_fallback
 from .source import ModelSource, resolve_model_source
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +50,10 @@ class AdapterFolder:
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AdapterError(f"{config_path}: cannot read the adapter config: {exc}") from exc
+            raise AdapterError(
+                f"{config_path}: cannot read the adapter config ({exc}); the adapter folder is "
+                f"damaged: copy it again, or train again"
+            ) from exc
         if not isinstance(config, dict):
             raise AdapterError(f"{config_path}: expected a JSON object")
         if config.get("peft_type", "LORA") != "LORA":
@@ -55,6 +61,7 @@ class AdapterFolder:
                 f"{config_path}: peft_type is {config.get('peft_type')!r}; only LoRA adapters "
                 f"are supported"
             )
+        _check_weights(path)
         return cls(path, config)
 
     @property
@@ -78,10 +85,75 @@ class AdapterFolder:
             return None
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(self.path), trust_remote_code=trust_remote_code
-        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(self.path), trust_remote_code=trust_remote_code
+            )
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            if isinstance(exc, (TypeError, AttributeError, NameError, ImportError)):
+                raise  # a bug or a missing package, not a damaged file
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise AdapterError(
+                f"cannot load the tokenizer saved in {self.path} ({type(exc).__name__}: "
+                f"{first}); its tokenizer files are damaged: copy them again from the training "
+                f"output"
+            ) from exc
         return with_pad_fallback(tokenizer)
+
+    def attach(self, model, base_name: str):
+        """The adapter's LoRA weights on `model` (the base `base_name`), for inference; a clear
+        `AdapterError` when they do not fit that base."""
+        from peft import PeftModel
+
+        try:
+            with quiet_peft_wrapping():
+                return PeftModel.from_pretrained(model, str(self.path), is_trainable=False)
+        except RuntimeError as exc:
+            mismatches = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+            if not mismatches:
+                raise
+            example = mismatches[0].removeprefix("size mismatch for ")
+            raise AdapterError(
+                f"the adapter in {self.path} does not fit the base model {base_name}: "
+                f"{len(mismatches)} LoRA weight shape(s) differ, e.g. {example}\n"
+                f"It was trained on {self.base_model_name or 'another base model'}: pass that "
+                f"base with --base-model, or leave --base-model out to use it."
+            ) from exc
+
+
+def _check_weights(folder: Path) -> None:
+    """Before the base model is loaded: the adapter's weights are there and not cut off."""
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise AdapterError(
+            f"{folder} holds no {ADAPTER_WEIGHTS}: its training did not finish writing it, or "
+            f"the folder was copied without it; train again (--resume continues from the last "
+            f"checkpoint) or copy it again"
+        )
+    if why := damaged_safetensors(weights):
+        raise AdapterError(
+            f"{weights} is damaged or incomplete ({why}): an interrupted save or copy? Train "
+            f"again (--resume continues from the last checkpoint) or copy it again"
+        )
+
+
+@contextlib.contextmanager
+def quiet_peft_wrapping():
+    """Silence one warning that is not about our code, around our PEFT calls only.
+
+    PEFT 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing`, a property that
+    transformers 5 deprecated, so every `get_peft_model` and adapter load printed a
+    FutureWarning that a user can do nothing about. Only that message, only as a FutureWarning
+    from transformers.modeling_utils, is ignored; everything else still warns.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`is_gradient_checkpointing` is deprecated",
+            category=FutureWarning,
+            module=r"transformers\.modeling_utils",
+        )
+        yield
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,59 @@ def _gguf_failure(name: str, exc: Exception) -> ModelSourceError | None:
     return None
 
 
+def damaged_safetensors(path: str | Path) -> str | None:
+    """Why a .safetensors file cannot be read (truncated, not safetensors), or None if it can.
+
+    Opening checks the header and that the tensors cover the file exactly, which catches a
+    truncated write or copy; a flipped bit inside the tensor data goes unnoticed (no checksum)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as exc:
+        return str(exc)
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(". ")
+
+
+def _load_failure(source: ModelSource, exc: Exception) -> UserError | None:
+    """A clear error for a model or tokenizer that `from_pretrained` could not load, or None for
+    errors that are not about the model's files (those keep their traceback)."""
+    if isinstance(exc, (TypeError, AttributeError, NameError, AssertionError)):
+        return None  # a bug, not a file problem
+    if (gguf := _gguf_failure(source.name, exc)) is not None:
+        return gguf
+    from safetensors import SafetensorError
+
+    folder = Path(source.path)
+    if not folder.is_dir() and isinstance(exc, SafetensorError):
+        return ModelSourceError(
+            f"cannot load {source.name!r}: a downloaded weight file is damaged or incomplete "
+            f"({_first_line(exc)}); fetch it again: huggingface-cli download {source.name} "
+            f"--force-download"
+        )
+    if not folder.is_dir():
+        return hub_failure(source.name, exc) if isinstance(exc, OSError) else None
+    damaged = [
+        f"{p.name} is damaged or incomplete ({why})"
+        for p in sorted(folder.glob("*.safetensors"))
+        if (why := damaged_safetensors(p))
+    ]
+    gguf_path = folder / source.gguf_file if source.gguf_file else None
+    what = f"the model file {gguf_path}" if gguf_path else f"the model folder {folder}"
+    if damaged or isinstance(exc, (OSError, SafetensorError, json.JSONDecodeError)):
+        return ModelSourceError(
+            f"cannot load {what}: {'; '.join(damaged) or _first_line(exc)}. Its files look "
+            f"damaged or incomplete (an interrupted download or copy?): download or copy them "
+            f"again."
+        )
+    return ModelSourceError(f"cannot load {what}: {_first_line(exc)}")
+
+
 def clear_gguf_quantizer(model) -> None:
     """A dequantised GGUF model still carries the quantizer flag, which makes Trainer refuse to
     train it and `save_pretrained` refuse to save it; its weights are plain tensors by now."""
@@ -55,10 +110,8 @@ def load_tokenizer(source: ModelSource | str, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(
             source.path, trust_remote_code=trust_remote_code, **source.kwargs()
         )
-    except OSError as exc:
-        raise hub_failure(source.name, exc) from exc
-    except (ImportError, ValueError) as exc:
-        raise (_gguf_failure(source.name, exc) or exc) from exc
+    except Exception as exc:  # tokenizers raises a bare Exception for a malformed tokenizer.json
+        raise (_load_failure(source, exc) or exc) from exc
     return with_pad_fallback(tokenizer)
 
 
@@ -129,10 +182,8 @@ def load_base_model(
         kwargs["device_map"] = {"": device.index or 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-    except OSError as exc:
-        raise hub_failure(source.name, exc) from exc
-    except (ImportError, ValueError) as exc:
-        raise (_gguf_failure(source.name, exc) or exc) from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated file
+        raise (_load_failure(source, exc) or exc) from exc
     if source.gguf_file:
         clear_gguf_quantizer(model)
     if not quantization:

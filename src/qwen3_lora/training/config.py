@@ -159,8 +159,14 @@ class TrainConfig:
         if not self.target_modules:
             problems.append("target_modules must name at least one module")
         for path in [*self.data, *self.eval_data, *([self.tasks] if self.tasks else [])]:
-            if not Path(path).is_file():
+            if Path(path).is_dir():
+                problems.append(f"{path} is a folder; name the data or registry files in it")
+            elif not Path(path).is_file():
                 problems.append(f"file not found: {path}")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            problems.append(
+                f"output_dir {self.output_dir} is a file, not a folder; choose another --output-dir"
+            )
         return problems
 
     def to_yaml(self) -> str:
@@ -205,40 +211,41 @@ def _check_type(name: str, value: Any, kind: str) -> str | None:
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config; unknown keys are an error naming the file and the key."""
+    """Read a YAML config mapping; `build_config(..., source=path)` checks its keys, so that
+    unknown keys are reported together with the file's other problems."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text("utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of option: value")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
     return doc
 
 
-def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
-    """Defaults < YAML file < command line; then validate everything at once."""
-    values = {**file_values, **cli_values}
+def build_config(
+    file_values: dict[str, Any], cli_values: dict[str, Any], source: str | Path | None = None
+) -> TrainConfig:
+    """Defaults < YAML file (read from `source`) < command line; then every problem is reported
+    at once: unknown keys, values of the wrong type and invalid values."""
+    types = _field_types()
+    merged = {**file_values, **cli_values}
+    problems = []
+    if unknown := sorted(k for k in merged if k not in types):
+        where = f" in {source}" if source else ""
+        problems.append(
+            f"unknown option(s) {', '.join(unknown)}{where}; known: {', '.join(sorted(types))}"
+        )
+    values = {k: v for k, v in merged.items() if k in types}
     if "torch_compile" in values:
         values["torch_compile"] = _switch(values["torch_compile"])
-    types = _field_types()
-    wrong = [_check_type(k, v, _type_name(types[k])) for k, v in values.items() if k in types]
-    if any(wrong):
-        raise ConfigError("invalid training config:\n" + "\n".join(f"  - {w}" for w in wrong if w))
-    try:
-        config = TrainConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from exc
-    problems = config.validate()
+    wrong = {k: _check_type(k, v, _type_name(types[k])) for k, v in values.items()}
+    problems += [w for w in wrong.values() if w]
+    # A value of the wrong type stays at its default while the other values are validated.
+    problems += TrainConfig(**{k: v for k, v in values.items() if not wrong[k]}).validate()
     if problems:
         raise ConfigError("invalid training config:\n" + "\n".join(f"  - {p}" for p in problems))
-    return config
+    return TrainConfig(**values)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

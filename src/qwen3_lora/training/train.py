@@ -20,6 +20,8 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from ..data.records import Record, builtin_files, load_records
 from ..data.registry import load_registry
+from ..files import output_folder, remove_leftovers, staged_files
+from ..models.adapter import quiet_peft_wrapping
 from ..models.loading import (
     Precision,
     default_device,
@@ -29,8 +31,14 @@ from ..models.loading import (
 )
 from ..models.source import ModelSource, resolve_model_source
 from ..prompt.encoding import EncodedDataset, EncodeReport, PadCollator, encode_records
-from .checkpoints import CHECKPOINT_DIR, last_complete_checkpoint, trim_metrics
-from .config import TrainConfig
+from .checkpoints import (
+    CHECKPOINT_DIR,
+    CheckpointMarker,
+    checkpoints_in,
+    last_complete_checkpoint,
+    trim_metrics,
+)
+from .config import ConfigError, TrainConfig
 from .outputs import CONFIG_FILE, METRICS_FILE, PROGRESS_FILE
 from .speed import SpeedPaths, is_compiled, speed_up
 from .trainer import LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
@@ -61,8 +69,18 @@ def sharding_engine() -> str | None:
 def _load_data(config: TrainConfig, registry) -> tuple[list[Record], list[Record]]:
     train_files = [*(builtin_files("train") if config.builtin_data else []), *config.data]
     train = load_records(train_files, registry)
+    if not train:
+        raise ConfigError(
+            f"no training records in {', '.join(map(str, train_files))} (empty, or only blank "
+            f"lines): add records, or leave out --no-builtin-data to train on the built-in split"
+        )
     eval_files = config.eval_data or (builtin_files("eval") if config.builtin_data else [])
     evaluation = load_records(eval_files, registry) if eval_files else []
+    if config.eval_data and not evaluation:
+        raise ConfigError(
+            f"no eval records in {', '.join(config.eval_data)} (empty, or only blank lines): add "
+            f"records, or leave out --eval-data"
+        )
     leaked = {(r.task, r.input) for r in train} & {(r.task, r.input) for r in evaluation}
     if leaked:
         log.warning(
@@ -109,7 +127,8 @@ def _lora_model(
         task_type="CAUSAL_LM",
     )
     # PEFT keeps adapter weights in fp32 over half-precision base weights (autocast_adapter_dtype).
-    model = get_peft_model(model, lora)
+    with quiet_peft_wrapping():
+        model = get_peft_model(model, lora)
     if precision.autocast_dtype is not None and not config.quantization:
         # PEFT casts each adapted layer's input to the adapter's fp32 before LoRA A, and autocast
         # casts it straight back for the matmul: a copy per adapted module kept for backward.
@@ -187,14 +206,40 @@ def _resume_point(config: TrainConfig, out: Path, main_process: bool) -> Path | 
     resume_from = last_complete_checkpoint(out / CHECKPOINT_DIR) if config.resume else None
     if config.resume and resume_from is None:
         log.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
+    if not main_process:
+        return resume_from
+    for folder in [out, *checkpoints_in(out / CHECKPOINT_DIR)]:
+        for leftover in remove_leftovers(folder):
+            log.info("removed %s, left by a write that was cut off", leftover)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
         step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-        if main_process:
-            trim_metrics(metrics_path, step)
-    elif main_process and metrics_path.exists():
+        trim_metrics(metrics_path, step)
+    elif metrics_path.exists():
         metrics_path.unlink()
     return resume_from
+
+
+def _check_fresh_start(config: TrainConfig, out: Path) -> None:
+    """A new run must not mix its checkpoints with an earlier run's: a later --resume would take
+    whichever has the highest step."""
+    if config.resume or not (found := checkpoints_in(out / CHECKPOINT_DIR)):
+        return
+    raise ConfigError(
+        f"{out / CHECKPOINT_DIR} holds checkpoints of an earlier run ({found[-1].name}): pass "
+        f"--resume to continue that run, or choose a new --output-dir (or delete that folder "
+        f"to start over)"
+    )
+
+
+def _end_distributed(trainer: LoraTrainer) -> None:
+    """Under torchrun, every process waits until the main one has written everything, then the
+    process group is destroyed on each. A process that returned with the group alive was torn
+    down while gloo's threads still ran ("terminate called without an active exception",
+    SIGABRT; pytorch/pytorch#65231), and torchrun then stopped the main process mid-save."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        trainer.end()  # accelerate's end_training: destroy_process_group
 
 
 def _logging_callbacks(config: TrainConfig, out: Path, main_process: bool) -> list:
@@ -216,8 +261,8 @@ def _batching(config: TrainConfig, world: int, steps_per_epoch: int) -> str:
 
 def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Run a LoRA fine-tune as configured; write adapter, tokenizer, config and metrics."""
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(config.output_dir, "--output-dir")
+    _check_fresh_start(config, out)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     registry = load_registry(config.tasks)
@@ -267,6 +312,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         callbacks=[
             MetricsLogger(out / METRICS_FILE, tokens),
             *([ProgressFile(out / PROGRESS_FILE)] if main_process else []),
+            CheckpointMarker(),
             *(callbacks or []),
             *speed.callbacks,
             *_logging_callbacks(config, out, main_process),
@@ -278,11 +324,16 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     if trainer.is_world_process_zero():
-        # The vocabulary is never resized, so the embeddings are not saved; saying so also stops
-        # PEFT from looking the base up on the hub to find out.
-        trainer.model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
-        tokenizer.save_pretrained(out)
-        (out / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
+        # Staged and renamed into place file by file: a kill leaves each file old or new, whole.
+        with staged_files(out) as stage:
+            # The vocabulary is never resized, so the embeddings are not saved; saying so also
+            # stops PEFT from looking the base up on the hub to find out.
+            trainer.model.save_pretrained(
+                stage, safe_serialization=True, save_embedding_layers=False
+            )
+            tokenizer.save_pretrained(stage)
+            (stage / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
+    _end_distributed(trainer)
     return TrainResult(
         output_dir=out,
         train_samples=len(train_set),
