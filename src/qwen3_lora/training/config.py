@@ -14,6 +14,7 @@ import yaml
 from ..errors import UserError
 from ..models.loading import PRECISIONS
 from ..models.source import DEFAULT_BASE_MODEL, HUBS
+from ..prompt.chat_templates import BUILTIN_TEMPLATES, spec_problem
 
 ATTENTIONS = ("auto", "sdpa", "eager")
 COMPILES = ("auto", "on", "off")
@@ -43,6 +44,11 @@ class TrainConfig:
     hub: str = _f("huggingface", "where a hub id is fetched from", choices=list(HUBS))
     trust_remote_code: bool = _f(False, "run model code shipped with the weights (off by default)")
     output_dir: str = _f("outputs/qwen3-0.6b-lora", "where the adapter, logs and checkpoints go")
+    chat_template: str | None = _f(
+        None,
+        f"chat template: a built-in name ({', '.join(BUILTIN_TEMPLATES)}) or a .jinja file, saved "
+        "with the adapter (default: the tokenizer's own)",
+    )
     # Data
     data: list[str] = _f([], "extra JSONL/alpaca-JSON training files, added to the built-in split")
     builtin_data: bool = _f(
@@ -154,6 +160,8 @@ class TrainConfig:
             problems.append(f"hub must be huggingface or modelscope, got {self.hub!r}")
         if self.quantization not in (None, "4bit"):
             problems.append(f"quantization must be '4bit' or unset, got {self.quantization!r}")
+        if self.chat_template and (problem := spec_problem(self.chat_template)):
+            problems.append(problem)
         if not self.builtin_data and not self.data:
             problems.append("--no-builtin-data needs at least one --data file")
         if not self.target_modules:

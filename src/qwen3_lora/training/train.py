@@ -30,6 +30,7 @@ from ..models.loading import (
     resolve_precision,
 )
 from ..models.source import ModelSource, resolve_model_source
+from ..prompt.chat_templates import use_chat_template
 from ..prompt.encoding import EncodedDataset, EncodeReport, PadCollator, encode_records
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -271,6 +272,13 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     precision = _precision(config, device)
     source = resolve_model_source(config.base_model, config.hub, gguf_file=config.gguf_file)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
+    # Saved with the adapter (chat_template.jinja), so every later command renders with it.
+    end_of_turn = use_chat_template(tokenizer, config.chat_template, source.name)
+    log.info(
+        "chat template: %s; end of turn %s",
+        config.chat_template or "the tokenizer's own",
+        end_of_turn,
+    )
     train_set, report = encode_records(tokenizer, train_records, config.max_length)
     eval_set, eval_report = encode_records(tokenizer, eval_records, config.max_length)
     log.info("train: %s", report.summary(config.max_length))
