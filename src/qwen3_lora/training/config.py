@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..models.loading import PRECISIONS
 from ..models.source import DEFAULT_BASE_MODEL, HUBS
 from ..prompt.chat_templates import BUILTIN_TEMPLATES, spec_problem
+from ..prompt.encoding import LOSS_ON
 
 ATTENTIONS = ("auto", "sdpa", "eager")
 COMPILES = ("auto", "on", "off")
@@ -57,6 +58,12 @@ class TrainConfig:
     eval_data: list[str] = _f([], "held-out files for eval loss (default: the built-in eval split)")
     tasks: str | None = _f(None, "task registry YAML (default: the built-in registry)")
     max_length: int = _f(512, "longest sample in tokens; longer inputs are shortened and reported")
+    loss_on: str = _f(
+        "all",
+        "the assistant turns of a conversation (messages/sharegpt data) that are learned: all,"
+        " or the last one only",
+        choices=list(LOSS_ON),
+    )
     # LoRA
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling alpha")
@@ -148,6 +155,8 @@ class TrainConfig:
             problems.append(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.loss_on not in LOSS_ON:
+            problems.append(f"loss_on must be one of {', '.join(LOSS_ON)}, got {self.loss_on!r}")
         if self.attention not in ATTENTIONS:
             problems.append(
                 f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
