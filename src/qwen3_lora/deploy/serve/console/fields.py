@@ -45,13 +45,15 @@ class FieldsError(ApiError):
 
 @dataclass(frozen=True)
 class FormField:
-    """One form field. `kind`: model, files, template, bool, number, adapter, new_folder."""
+    """One form field. `kind`: model, files, template, choice, bool, number, adapter,
+    new_folder."""
 
     name: str
     kind: str
     lo: float | None = None
     hi: float | None = None
     allow: tuple = ()  # values accepted outside [lo, hi], e.g. -1 for "no limit"
+    choices: tuple = ()  # a choice field's values (TrainConfig's)
     required: bool = False
     type: str = "str"  # bool, int, float, str, list
     default: Any = None
@@ -72,6 +74,7 @@ TRAIN_FORM = (
     FormField("builtin_data", "bool"),
     FormField("eval_data", "files"),
     FormField("chat_template", "template"),
+    FormField("loss_on", "choice"),
     FormField("epochs", "number", 0.01, 100),
     FormField("max_steps", "number", 1, 1_000_000, allow=(-1,)),
     FormField("learning_rate", "number", 1e-8, 1.0),
@@ -108,6 +111,7 @@ def train_form() -> tuple[FormField, ...]:
                 type=types[field.name],
                 default=default,
                 help=known.metadata.get("help", ""),
+                choices=tuple(known.metadata.get("choices", ())),
             )
         )
     return tuple(out)
@@ -196,6 +200,12 @@ class _Checker:
             return value
         return self.path(f, value, lambda r: self.ws.file(r, TEMPLATE_SUFFIXES))
 
+    def choice(self, f: FormField, value: Any) -> str | None:
+        if value not in f.choices:
+            self.problems.append(f"{f.name} must be one of {', '.join(f.choices)}")
+            return None
+        return value
+
     def adapter(self, f: FormField, value: Any) -> str | None:
         def check(raw):
             folder = self.ws.folder(raw)
@@ -210,6 +220,8 @@ class _Checker:
 
 def _argv_value(f: FormField, value: Any) -> list[str]:
     """The flag and value(s) of one checked field; [] when it adds nothing."""
+    if f.kind == "choice" and value == f.default:
+        return []
     if f.type == "bool":
         if value == f.default:
             return []
@@ -250,7 +262,7 @@ def parse_job(kind: str, raw: Any, ws: Workspace, allowed_models: tuple[str, ...
             checked = c.files(f, value)
         elif f.kind == "new_folder":
             checked = c.path(f, value, ws.new_folder)
-        else:  # model, template, adapter
+        else:  # model, template, choice, adapter
             checked = getattr(c, f.kind)(f, value)
         if checked is None:
             continue
