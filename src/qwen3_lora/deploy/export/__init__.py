@@ -27,6 +27,7 @@ from .modelfile import modelfile, ollama_template
 from .readme import ReadmeFacts, export_readme
 from .sources import Loaded, context_for_ollama, load_base_for, load_merged
 from .template import chat_turns, thinking_off_template
+from .tokenizer import normalises_nfc
 from .writer import ModelFacts, write_model
 
 __all__ = ["FORMATS", "LORA_OUTTYPES", "OUTTYPES", "ExportError", "ExportResult", "export"]
@@ -121,11 +122,6 @@ def model_facts(loaded: Loaded) -> ModelFacts:
     )
 
 
-def _nfc(tokenizer) -> bool:
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    return "NFC" in json.dumps(backend.get("normalizer"))
-
-
 def _write_guides(out: Path, loaded: Loaded, facts: ModelFacts, readme: dict, tasks, model):
     """The Modelfile, README.md and export_config.json; returns the record."""
     num_ctx, trained = context_for_ollama(loaded, model)
@@ -143,7 +139,7 @@ def _write_guides(out: Path, loaded: Loaded, facts: ModelFacts, readme: dict, ta
         num_ctx=num_ctx,
         num_ctx_trained=trained,
         stop=facts.stop,
-        nfc=_nfc(loaded.tokenizer),
+        nfc=normalises_nfc(loaded.tokenizer),
         system_turns=facts.turns.system is not None,
         think_block="</think>" in facts.turns.generation,
         **readme,

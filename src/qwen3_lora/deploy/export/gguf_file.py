@@ -103,16 +103,19 @@ def write_gguf(
     return {"tensors": len(planned), "parameters": n_params, "tensor_types": counts}
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """A GGUF's keys (arrays as lists) and `tensors` (name -> (type, shape)): for tests and
-    reports."""
+def read_metadata(path: str | Path, array_limit: int = 1000) -> dict[str, Any]:
+    """A GGUF's keys and `tensors` (name -> (type, shape)), for tests and reports. Arrays
+    longer than `array_limit` (a vocabulary) are given as their length."""
     gguf = gguf_module()
     reader = gguf.GGUFReader(str(path))
     out: dict[str, Any] = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        out[key] = field.contents()
+        is_array = field.types[0] == gguf.GGUFValueType.ARRAY
+        out[key] = (
+            len(field.data) if is_array and len(field.data) > array_limit else field.contents()
+        )
     out["tensors"] = {
         t.name: (t.tensor_type.name, [int(x) for x in t.shape]) for t in reader.tensors
     }

@@ -47,7 +47,9 @@ def load_merged(adapter, model, base_model, hub, trust_remote_code) -> Loaded:
     if adapter is None:
         to_load = resolve_model_to_load(model, None, hub)
         if to_load.adapter is None:
-            loaded = load_base_model(to_load.base, torch.float32, trust_remote_code, device=CPU)
+            # In its own dtype: each tensor is widened to fp32 only while it is written.
+            dtype = checkpoint_dtype(to_load.base, trust_remote_code)
+            loaded = load_base_model(to_load.base, dtype, trust_remote_code, device=CPU)
             tokenizer = to_load.load_tokenizer(trust_remote_code)
             origin = f"The model `{to_load.base.name}`"
             return Loaded(loaded, tokenizer, to_load.base, None, origin)
@@ -63,6 +65,20 @@ def load_merged(adapter, model, base_model, hub, trust_remote_code) -> Loaded:
     )
     origin = f"The LoRA adapter `{folder.path}` merged into `{merged.base_model}`"
     return Loaded(merged.model, merged.tokenizer, source, folder, origin)
+
+
+def checkpoint_dtype(source: ModelSource, trust_remote_code: bool) -> torch.dtype:
+    """The dtype a model's config.json declares (fp32 when it declares none, or for GGUF)."""
+    if source.gguf_file:
+        return torch.float32
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    declared = getattr(config, "dtype", None) or "float32"
+    if isinstance(declared, torch.dtype):
+        return declared
+    found = getattr(torch, str(declared).removeprefix("torch."), None)
+    return found if isinstance(found, torch.dtype) else torch.float32
 
 
 def load_base_for(folder: AdapterFolder, base_model, hub, trust_remote_code) -> Loaded:

@@ -9,6 +9,7 @@ from the GGUF the base model was loaded from.
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,26 @@ class SpecialTokens:
     pad: int | None
 
 
+# A large vocabulary's tokenizer.json takes seconds to parse: once per tokenizer.
+_PARSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _backend(tokenizer) -> dict:
+    if tokenizer in _PARSED:
+        return _PARSED[tokenizer]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ExportError(
             f"{type(tokenizer).__name__} is not a fast tokenizer (tokenizer.json); the GGUF "
             f"export needs one"
         )
-    return json.loads(backend.to_str())
+    _PARSED[tokenizer] = parsed = json.loads(backend.to_str())
+    return parsed
+
+
+def normalises_nfc(tokenizer) -> bool:
+    """Whether the tokenizer NFC-normalises text first (Qwen's does; llama.cpp does not)."""
+    return "NFC" in json.dumps(_backend(tokenizer).get("normalizer"))
 
 
 def _byte_level(item: dict, use_regex: bool) -> bool:
