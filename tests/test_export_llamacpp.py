@@ -180,3 +180,34 @@ def test_k_quant_export_through_llama_cpp(memorised_adapter, tmp_path, tuned):
         assert greedy_ids(llm, ids)  # loads and generates; tiny rows fall back to other types
     finally:
         llm.close()
+
+
+TEXTS = [
+    "把 2024年 嘉兴市遥感影像（WMTS）切片，   3 个 空格 and English words, it's OK?",
+    "多行\n输入\n\n  缩进   \t制表符 结尾空格  ",
+    "数字 1234567 3.14 ０１２ 全角！？ 😀🚀 emoji",
+]
+
+
+def test_qwen3_vocabulary_tokenises_as_transformers_in_llama_cpp(tmp_path):
+    """Qwen3's real vocabulary (rows padded to Qwen3-0.6B's 151,936): llama.cpp splits with
+    the qwen2 pre-tokenizer exactly as transformers does."""
+    from qwen3_lora.deploy.export import export
+    from qwen3_lora.models.qwen_tokenizer import QWEN3_EMBEDDING_ROWS, load_qwen3_tokenizer
+    from qwen3_lora.models.tiny import build_model
+
+    tok = load_qwen3_tokenizer()
+    model = build_model(tok, "tiny")
+    model.resize_token_embeddings(QWEN3_EMBEDDING_ROWS, mean_resizing=False)
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    export(model=tmp_path / "hf", output=tmp_path / "out", outtype="q8_0")
+    llm = load(tmp_path / "out" / "model.gguf")
+    try:
+        assert llm.metadata["tokenizer.ggml.pre"] == "qwen2"
+        assert llm.n_vocab() == QWEN3_EMBEDDING_ROWS
+        for text in [*TEXTS, render_prompt(tok, "问题类型分类", TEXTS[0])]:
+            want = tok(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == want
+    finally:
+        llm.close()
