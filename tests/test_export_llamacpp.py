@@ -211,3 +211,39 @@ def test_qwen3_vocabulary_tokenises_as_transformers_in_llama_cpp(tmp_path):
             assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == want
     finally:
         llm.close()
+
+
+def test_a_gguf_base_exports_again_with_its_tokenizer_copied(
+    tiny_arch_folder, tmp_path, monkeypatch
+):
+    """A base loaded from a GGUF whose tokenizer the exporter does not rebuild (SentencePiece,
+    as Gemma's) keeps the source GGUF's tokenizer keys: here a tiny llama exported once, read
+    back from its GGUF, and exported again with the copy forced."""
+    from qwen3_lora.deploy.export import export, writer
+
+    export(model=tiny_arch_folder("llama"), output=tmp_path / "first", outtype="f32")
+    source = tmp_path / "first" / "model.gguf"
+    monkeypatch.setattr(writer, "is_byte_level_bpe", lambda tokenizer: False)
+    copied = []
+    real_copy = writer.copy_tokenizer
+    monkeypatch.setattr(writer, "copy_tokenizer", lambda *a: copied.append(a[1]) or real_copy(*a))
+    result = export(model=source, output=tmp_path / "again", outtype="f32")
+    assert result.architecture == "llama" and copied == [source]
+    first, again = (
+        load(source, logits_all=True),
+        load(tmp_path / "again" / "model.gguf", logits_all=True),
+    )
+    try:
+        assert (
+            again.metadata["tokenizer.chat_template"] == first.metadata["tokenizer.chat_template"]
+        )
+        for text in TEXTS:
+            ids = first.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            assert again.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ids
+        for llm in (first, again):
+            llm.eval(ids)
+        n = len(ids)
+        assert np.abs(np.array(first.scores[:n]) - np.array(again.scores[:n])).max() < 1e-3
+    finally:
+        first.close()
+        again.close()

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from ...models.adapter import AdapterFolder, ModelToLoad, resolve_model_to_load
+from ...models.adapter import ADAPTER_CONFIG, AdapterFolder, ModelToLoad
 from ...models.loading import load_base_model
-from ...models.source import ModelSource
+from ...models.source import ModelSource, resolve_model_source
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -40,20 +40,19 @@ class Loaded:
 
 
 def load_merged(adapter, model, base_model, hub, trust_remote_code) -> Loaded:
-    """The model for one GGUF: `adapter` merged into its base (in fp32), or the folder `model`
-    (which may itself be an adapter folder)."""
+    """The model for one GGUF: `adapter` merged into its base (in fp32), or `model` (a folder,
+    hub id or .gguf file; an adapter folder passed as `model` is merged too)."""
     from ..merge import merge_in_memory
 
+    if adapter is None and (Path(model).expanduser() / ADAPTER_CONFIG).is_file():
+        adapter = model
     if adapter is None:
-        to_load = resolve_model_to_load(model, None, hub)
-        if to_load.adapter is None:
-            # In its own dtype: each tensor is widened to fp32 only while it is written.
-            dtype = checkpoint_dtype(to_load.base, trust_remote_code)
-            loaded = load_base_model(to_load.base, dtype, trust_remote_code, device=CPU)
-            tokenizer = to_load.load_tokenizer(trust_remote_code)
-            origin = f"The model `{to_load.base.name}`"
-            return Loaded(loaded, tokenizer, to_load.base, None, origin)
-        adapter = to_load.adapter.path
+        source = resolve_model_source(str(model), hub)
+        # In its own dtype: each tensor is widened to fp32 only while it is written.
+        dtype = checkpoint_dtype(source, trust_remote_code)
+        loaded = load_base_model(source, dtype, trust_remote_code, device=CPU)
+        tokenizer = ModelToLoad(source).load_tokenizer(trust_remote_code)
+        return Loaded(loaded, tokenizer, source, None, f"The model `{source.name}`")
     folder = AdapterFolder.read(adapter)
     source = folder.base_source(base_model, hub)
     merged = merge_in_memory(

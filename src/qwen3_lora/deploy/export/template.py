@@ -28,7 +28,7 @@ def thinking_off_template(tokenizer) -> str:
             "the tokenizer saved with the model has no chat template (or several); the GGUF "
             "needs the one the model was trained with"
         )
-    fixed = THINKING_OFF + template
+    fixed = template if template.startswith(THINKING_OFF) else THINKING_OFF + template
     want = render_prompt(tokenizer, PROBE_TASK, PROBE_INPUT)
     messages = [{"role": "user", "content": user_message(PROBE_TASK, PROBE_INPUT)}]
     for thinking in (None, True, False):

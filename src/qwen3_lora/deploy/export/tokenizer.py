@@ -140,13 +140,14 @@ def add_bpe_tokenizer(writer, tokenizer, n_vocab: int, special: SpecialTokens) -
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    # The chat template writes every special token itself; llama.cpp must not add any.
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
     add_special_ids(writer, special)
 
 
 def add_special_ids(writer, special: SpecialTokens) -> None:
+    # The chat template writes every special token itself (training tokenises the rendered
+    # text without adding any), so llama.cpp and Ollama must not add a bos or eos of their own.
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
     writer.add_bos_token_id(special.bos)
     # eos and end of turn both at the turn's end: llama.cpp stops generating there
     writer.add_eos_token_id(special.end_of_turn)
@@ -161,6 +162,8 @@ OWN_KEYS = (
     "tokenizer.ggml.eot_token_id",
     "tokenizer.ggml.bos_token_id",
     "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
 )
 
 
