@@ -112,7 +112,9 @@ def add_export(sub) -> None:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--adapter", help="adapter folder (output_dir of `train`): merged first")
-    source.add_argument("--model", help="a model folder (e.g. the output of `merge`)")
+    source.add_argument(
+        "--model", help="a model folder (e.g. the output of `merge`), hub id or .gguf file"
+    )
     p.add_argument("--output", required=True, help="folder for the exported files")
     p.add_argument(
         "--format",

@@ -21,9 +21,10 @@ from ...data.registry import load_registry
 from ...files import atomic_path, atomic_write_text
 from ...models.adapter import AdapterFolder, stop_token_ids
 from .architectures import ExportError, gguf_architecture
-from .gguf_file import OUTTYPES, write_gguf
+from .gguf_file import KQUANT_OUTTYPES, OUTTYPES, gguf_module, write_gguf
 from .lora import check_adapter_config, lora_metadata, lora_tensors, needs_folded_scale
 from .modelfile import modelfile, ollama_template
+from .quantize import find_quantizer
 from .readme import ReadmeFacts, export_readme
 from .sources import Loaded, context_for_ollama, load_base_for, load_merged
 from .template import chat_turns, thinking_off_template
@@ -65,6 +66,11 @@ def _check_arguments(adapter, model, fmt: str, outtype: str, base_outtype) -> No
         raise ExportError(
             f"--base-outtype goes with --format gguf-lora and is one of {', '.join(OUTTYPES)}"
         )
+    # What is missing is said before a model is loaded, not after.
+    gguf_module()
+    for kind in (outtype, base_outtype):
+        if kind in KQUANT_OUTTYPES:
+            find_quantizer(kind)
 
 
 def _prepare_output(output) -> Path:
@@ -123,7 +129,7 @@ def model_facts(loaded: Loaded) -> ModelFacts:
 
 
 def _write_guides(out: Path, loaded: Loaded, facts: ModelFacts, readme: dict, tasks, model):
-    """The Modelfile, README.md and export_config.json; returns the record."""
+    """Write the Modelfile and README.md; returns what export_config.json records of them."""
     num_ctx, trained = context_for_ollama(loaded, model)
     adapter_file = readme.get("adapter_file")
     text = modelfile(
