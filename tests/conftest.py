@@ -105,3 +105,85 @@ def base(tiny_model_dir):
     from qwen3_lora.inference.predictor import Predictor
 
     return Predictor.load(str(tiny_model_dir), precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, memorised_adapter):
+    """`export` of the memorised adapter, once per (outtype, format, base_outtype): its folder."""
+    from qwen3_lora.deploy.export import export
+
+    done: dict[tuple, Path] = {}
+
+    def get(outtype: str = "f32", format: str = "gguf", base_outtype: str | None = None) -> Path:
+        key = (outtype, format, base_outtype)
+        if key not in done:
+            out = tmp_path_factory.mktemp(f"export-{format}-{outtype}")
+            export(
+                adapter=memorised_adapter,
+                output=out,
+                format=format,
+                outtype=outtype,
+                base_outtype=base_outtype,
+            )
+            done[key] = out
+        return done[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_arch_folder(tmp_path_factory, tiny_model_dir):
+    """A 2-layer random `llama` or `gemma3_text` model with the tiny tokenizer, in a folder.
+
+    Weights are drawn wider than the usual init so greedy decoding varies; Gemma 3's norms are
+    randomised (its `1 + w` form must survive the export) and its sliding window is shorter
+    than a prompt.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    done: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind in done:
+            return done[kind]
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        shape = dict(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            bos_token_id=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        if kind == "llama":
+            model = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, **shape))
+        else:
+            config = Gemma3TextConfig(
+                head_dim=16,
+                query_pre_attn_scalar=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                **shape,
+            )
+            model = Gemma3ForCausalLM(config)
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.ndim == 2:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+                elif kind == "gemma3" and name.endswith("norm.weight"):
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        folder = tmp_path_factory.mktemp(f"tiny-{kind}")
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        done[kind] = folder
+        return folder
+
+    return get

@@ -2,7 +2,7 @@
 
 Known, user-fixable errors (`errors.UserError`) print one clear message and exit non-zero; no
 traceback. Each subcommand's flags and its function live in `cli.training` (train, data),
-`cli.inference` (predict, eval, test, chat, route) and `cli.deploy` (merge, serve).
+`cli.inference` (predict, eval, test, chat, route) and `cli.deploy` (merge, export, serve).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ PARSER_BUILDERS: list[Callable] = [
     training.add_train,
     training.add_data,
     deploy.add_merge,
+    deploy.add_export,
     deploy.add_serve,
     inference.add_predict,
     inference.add_eval,
