@@ -127,6 +127,7 @@ def test_argv_is_a_list_of_checked_values_the_real_cli_parses(workspace):
         ({"output_dir": "runs/x", "builtin_data": "no"}, "true or false"),
         ({"output_dir": "runs/x", "extra_flag": "--resume"}, "unknown field"),
         ({"output_dir": "runs/x", "loss_on": "--resume"}, "loss_on must be one of all, last"),
+        ({"output_dir": "runs/x", "chat_template": "llama9"}, "not a built-in template"),
     ],
 )
 def test_invalid_fields_are_refused(workspace, form, needle):

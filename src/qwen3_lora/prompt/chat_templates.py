@@ -35,6 +35,7 @@ BUILTIN_TEMPLATES = {"qwen3": "qwen3.jinja", "chatml": "chatml.jinja", "gemma": 
 MARKER_LIKE = re.compile(r"<\|?/?[A-Za-z_][\w.-]{0,40}\|?>|\[/?[A-Z_]{2,20}\]")
 _SYSTEM, _USER_2, _ANSWER_2 = "QLSYSTEMQL", "QLUSERTWOQL", "QLANSWERTWOQL"
 OPTION = "--chat-template"
+TEMPLATE_SUFFIXES = (".jinja", ".j2")
 
 
 def builtin_template(name: str) -> str:
@@ -48,7 +49,7 @@ def spec_problem(spec: str) -> str | None:
     if spec in BUILTIN_TEMPLATES:
         return None
     path = Path(spec).expanduser()
-    if path.suffix != ".jinja":
+    if path.suffix not in TEMPLATE_SUFFIXES:
         return (
             f"chat_template {spec!r} is neither a built-in template "
             f"({', '.join(BUILTIN_TEMPLATES)}) nor a .jinja file"

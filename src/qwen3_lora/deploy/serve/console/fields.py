@@ -6,8 +6,9 @@ here), with the config's type, default and help text. `EVAL_FORM` mirrors `qwen3
 
 Nothing a client sends reaches a shell or becomes an option: each value is checked against its
 field's kind (a number in range, true/false, a workspace path resolved inside the workspace and
-passed absolute, a hub id or template name matching a strict pattern) and placed after its own
-flag in an argv list. Every problem of a request is reported together.
+passed absolute, a hub id matching a strict pattern, a built-in template name, one of a choice
+field's values) and placed after its own flag in an argv list. Every problem of a request is
+reported together.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ....models.adapter import ADAPTER_CONFIG
+from ....prompt.chat_templates import BUILTIN_TEMPLATES, TEMPLATE_SUFFIXES
 from ....training.config import TrainConfig, field_type_names
 from ..errors import ApiError
 from .workspace import DATA_SUFFIXES, Workspace, WorkspaceError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TEMPLATE_SUFFIXES = (".jinja", ".j2")
 MAX_TEXT = 1024
 MAX_FILES = 64
 
@@ -196,8 +197,12 @@ class _Checker:
     def template(self, f: FormField, value: Any) -> str | None:
         """A built-in template name, or a .jinja file in the workspace."""
         named = isinstance(value, str) and not value.endswith(TEMPLATE_SUFFIXES)
-        if named and TEMPLATE_NAME.match(value):
+        if named and value in BUILTIN_TEMPLATES:
             return value
+        if named and TEMPLATE_NAME.match(value):
+            known = ", ".join(BUILTIN_TEMPLATES)
+            self.problems.append(f"{f.name}: {value!r} is not a built-in template ({known})")
+            return None
         return self.path(f, value, lambda r: self.ws.file(r, TEMPLATE_SUFFIXES))
 
     def choice(self, f: FormField, value: Any) -> str | None:
