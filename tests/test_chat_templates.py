@@ -1,6 +1,7 @@
 """`train --chat-template`: a base whose tokenizer has no chat template trains with a built-in one,
-the adapter keeps it (plain PEFT + transformers reload renders and answers the same), and a
-template whose turn markers are not special tokens of the vocabulary is refused."""
+the adapter keeps it (plain PEFT + transformers reload renders and answers the same; Predictor,
+merge and export use it), and a template whose turn markers are not special tokens of the
+vocabulary is refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qwen3_lora.cli import main
+from qwen3_lora.deploy.export import export
+from qwen3_lora.deploy.export.gguf_file import read_metadata
+from qwen3_lora.deploy.export.template import THINKING_OFF
 from qwen3_lora.deploy.merge import merge_in_memory
 from qwen3_lora.inference.predictor import Predictor
 from qwen3_lora.models.adapter import stop_token_ids
@@ -95,15 +99,19 @@ def test_no_template_base_trains_with_chatml_and_reloads_through_plain_peft(
         assert answer == sample["output"], sample
 
 
-def test_every_command_renders_with_the_saved_template(chatml_adapter):
+def test_every_command_renders_with_the_saved_template(chatml_adapter, tmp_path):
     predictor = Predictor.load(adapter=str(chatml_adapter), precision="fp32")
     assert predictor.tokenizer.chat_template == builtin_template("chatml")
     assert predictor.stop_ids[0] == predictor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     for sample in MEMORISE:
         (got,) = predictor.predict(sample["task"], [sample["input"]], max_new_tokens=40)
         assert got.output == sample["output"]
-    merged = merge_in_memory(chatml_adapter)  # merge, and export from the merged folder
+    merged = merge_in_memory(chatml_adapter)
     assert merged.tokenizer.chat_template == builtin_template("chatml")
+    export(adapter=chatml_adapter, output=tmp_path / "gguf", outtype="f32")
+    meta = read_metadata(tmp_path / "gguf" / "model.gguf")
+    assert meta["tokenizer.chat_template"] == THINKING_OFF + builtin_template("chatml")
+    assert meta["tokenizer.ggml.eos_token_id"] == predictor.stop_ids[0]  # <|im_end|>
 
 
 def test_a_base_without_template_needs_the_option(capsys, no_template_dir, tmp_path):
