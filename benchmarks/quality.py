@@ -558,15 +558,20 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="+",
         metavar="QUALITY_JSON",
-        help="only rewrite the README's quality table of the first file's model: the run of "
-        "record's quality.json, then any further runs' (a line each)",
+        help="only render from result files: the first file's (the run of record's quality.json) "
+        "quality.md, its model's latest table beside its folder and its README table, with any "
+        "further runs a line each",
     )
     args = parser.parse_args(argv)
     if args.render:
         runs = [(json.loads(p.read_text("utf-8")), p) for p in args.render]
+        summary, path = runs[0]
+        write_text(path.parent / "quality.md", render_quality_markdown(summary))
+        latest = render_quality_markdown(summary, f"{path.parent.name}/")
+        write_text(path.parent.parent / _model_of(summary).latest, latest)
         body = readme_block(runs)
         print(body)
-        return 0 if render_block(_model_of(runs[0][0]).readme_block, body) else 1
+        return 0 if render_block(_model_of(summary).readme_block, body) else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file; never reach a hub

@@ -42,12 +42,18 @@ def misses(rows: list[dict]) -> dict[str, list[dict]]:
             wrong = True
         if wrong:
             keep = ("input", "reference", "prediction", "probability", "char_f1")
-            found.setdefault(row["task"], []).append({k: row[k] for k in keep if k in row})
-    for task, items in found.items():
-        if items and "probability" not in items[0]:
-            items.sort(key=lambda r: r.get("char_f1", 0.0))
-        found[task] = items
+            item = {k: row[k] for k in keep if row.get(k) is not None}
+            found.setdefault(row["task"], []).append(item)
+    for items in found.values():
+        _order(items)
     return found
+
+
+def _order(items: list[dict]) -> list[dict]:
+    """Generated answers (no label probability) worst char-F1 first; labels as they came."""
+    if items and items[0].get("probability") is None:
+        items.sort(key=lambda r: r.get("char_f1", 0.0))
+    return items
 
 
 def check_targets(models: dict, targets: list) -> list[dict]:
@@ -201,8 +207,6 @@ def _training(summary: dict, link_prefix: str) -> list[str]:
 
 def _recipe_and_data(summary: dict) -> list[str]:
     lines = []
-    if summary.get("recipe_selection"):
-        lines += ["## How the recipe was chosen", "", summary["recipe_selection"], ""]
     if summary["recipe_changes"]:
         lines += ["## Recipe: changes from the default", "", "| option | value | why |"]
         lines.append("|---|---|---|")
@@ -210,6 +214,8 @@ def _recipe_and_data(summary: dict) -> list[str]:
             why = summary["recipe_why"].get(key, "set for this run")
             lines.append(f"| `{key}` | `{value}` | {why} |")
         lines.append("")
+    if summary.get("recipe_selection"):
+        lines += ["## How the recipe was chosen", "", summary["recipe_selection"], ""]
     counts = summary["data"]["train_per_task"]
     return [
         *lines,
@@ -226,8 +232,10 @@ def _misses_section(summary: dict) -> list[str]:
         return []
     lines = ["## The tuned model's misses", ""]
     for task, items in misses.items():
+        # quality.json files from before `_order` kept a null probability on generated answers.
+        items = _order([{k: v for k, v in item.items() if v is not None} for item in items])
         shown = items[:MISSES_SHOWN]
-        kind = "lowest char-F1 first" if "probability" not in items[0] else "wrong labels"
+        kind = "lowest char-F1 first" if items[0].get("probability") is None else "wrong labels"
         more = (
             f", {len(items) - len(shown)} more in quality.json" if len(items) > len(shown) else ""
         )
