@@ -302,15 +302,31 @@ def render(report: dict) -> str:
     return (
         f"{model['arch']} ({model['parameters'] / 1e6:.0f}M parameters, random weights), "
         f"{report['queries']} classification queries (median prompt {report['prompt_tokens_median']}"
-        f" tokens), {report['threads']} threads on {m['cpu']} ({m['cores']} cores), "
+        f" tokens), {report['threads']} thread(s) on {m['cpu']} ({m['cores']} cores, load average"
+        f" {report['load_average'][0]} at the start), "
         f"`{report['command']}` at {_commit(report)}, {report['date'][:10]}:\n\n"
         "| engine | weights | label scoring, ms/query | generating the label, ms/query "
         "| generation tokens/s (batch 1) | peak RSS |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows)
-        + f"\n\nThe fastest llama.cpp classification ({c['classification_fastest_llama_cpp']}) is "
-        f"**{c['classification_speedup']}x** faster than our fastest (label scoring or "
-        f"generating); llama.cpp {c['generation_fastest_llama_cpp']} generates "
-        f"**{c['generation_speedup']}x** as many tokens/s as ours.\n"
+        + f"\n\n{_classification_sentence(report)} llama.cpp {c['generation_fastest_llama_cpp']}"
+        f" generates **{c['generation_speedup']}x** as many tokens/s as ours at batch 1.\n"
+    )
+
+
+def _classification_sentence(report: dict) -> str:
+    """Which engine classifies faster, and by how much, said the right way round."""
+    c, ours = report["comparison"], report["engines"]["ours"]
+    scoring = ours["score_ms_median"] <= ours["generate_label_ms_median"]
+    ours_way = "label scoring" if scoring else "generating the label"
+    llama_way = c["classification_fastest_llama_cpp"]
+    if c["classification_speedup"] >= 1:
+        return (
+            f"The fastest llama.cpp classification ({llama_way}) is "
+            f"**{c['classification_speedup']}x** as fast as our fastest ({ours_way})."
+        )
+    return (
+        f"Our fastest classification ({ours_way}) is **{1 / c['classification_speedup']:.2f}x** "
+        f"as fast as llama.cpp's fastest ({llama_way})."
     )
 
 

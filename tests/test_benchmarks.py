@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m benchmarks.<module> ARGS` from the repository root; fails on a non-zero exit."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+from benchmark_run import run_benchmark
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench")
-    proc = _run("train_speed", "--smoke", "--out", str(out))
+    proc = run_benchmark("train_speed", "--smoke", "--out", str(out))
     (path,) = out.glob("*-smoke.json")
     assert not (out / "LATEST.md").exists(), "a smoke run must not replace the published table"
     return json.loads(path.read_text("utf-8")), proc.stdout
@@ -74,7 +51,7 @@ def test_smoke_measures_an_epoch_peaks_and_inference(smoke):
 
 def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
     smoke_args = ["--smoke", "--threads", "1", "--micro-batches", "4"]
-    proc = _run("step_profile", *smoke_args, "--out", str(tmp_path))
+    proc = run_benchmark("step_profile", *smoke_args, "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-step-profile-smoke.json")
     report = json.loads(path.read_text("utf-8"))
     assert report["micro_batches"] == 4

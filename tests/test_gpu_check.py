@@ -4,32 +4,16 @@ the tiny model, so the check cannot rot while no GPU is at hand."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_run import run_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 # ~30 s on an idle 2-core machine: four parts, a served model in a second process.
 pytestmark = pytest.mark.slow
 
 
 def test_dry_run_runs_every_part_and_renders(tmp_path):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_benchmark("gpu_check", "--dry-run", "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-gpu-dry.json")
     report = json.loads(path.read_text("utf-8"))
     parts = report["parts"]
@@ -49,8 +33,7 @@ def test_dry_run_runs_every_part_and_renders(tmp_path):
     readme.write_text(
         "a\n<!-- benchmarks:gpu_check:start -->\nold\n<!-- benchmarks:gpu_check:end -->\nb\n"
     )
-    render = [sys.executable, "-m", "benchmarks.gpu_check", "--render", str(path)]
-    subprocess.run([*render, "--readme", str(readme)], cwd=ROOT, env=env, check=True, timeout=300)
+    run_benchmark("gpu_check", "--render", str(path), "--readme", str(readme))
     text = readme.read_text()
     assert text.startswith("a\n<!-- benchmarks:gpu_check:start -->\n[") and text.endswith(
         "end -->\nb\n"

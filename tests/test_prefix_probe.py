@@ -4,30 +4,14 @@ common prompt prefix once gives the plain path's loss and LoRA gradients."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_run import run_benchmark
 
 
 def test_smoke_prefix_path_equals_the_plain_path(tmp_path):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
     # One thread: a tiny model gains nothing from more, and they would wait on each other.
-    command = ["-m", "benchmarks.prefix_probe", "--smoke", "--threads", "1", "--rounds", "1"]
-    done = subprocess.run(
-        [sys.executable, *command, "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    args = ["--smoke", "--threads", "1", "--rounds", "1", "--out", str(tmp_path)]
+    run_benchmark("prefix_probe", *args)
     (path,) = tmp_path.glob("*-prefix-probe-smoke.json")
     report = json.loads(path.read_text("utf-8"))
     equality = report["equality_fp32_no_dropout"]

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_run import ROOT, run_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 try:
     import llama_cpp  # noqa: F401
 except ImportError as exc:
@@ -24,19 +21,7 @@ except ImportError as exc:
 
 def test_smoke_measures_every_engine_in_its_own_process(tmp_path):
     readme = (ROOT / "README.md").read_text("utf-8")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.runtimes", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("runtimes", "--smoke", "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-runtimes-smoke.json")
     report = json.loads(path.read_text("utf-8"))
     assert set(report["engines"]) == {"ours", "q8_0", "f16"}
