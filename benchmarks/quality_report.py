@@ -42,12 +42,18 @@ def misses(rows: list[dict]) -> dict[str, list[dict]]:
             wrong = True
         if wrong:
             keep = ("input", "reference", "prediction", "probability", "char_f1")
-            found.setdefault(row["task"], []).append({k: row[k] for k in keep if k in row})
-    for task, items in found.items():
-        if items and "probability" not in items[0]:
-            items.sort(key=lambda r: r.get("char_f1", 0.0))
-        found[task] = items
+            item = {k: row[k] for k in keep if row.get(k) is not None}
+            found.setdefault(row["task"], []).append(item)
+    for items in found.values():
+        _order(items)
     return found
+
+
+def _order(items: list[dict]) -> list[dict]:
+    """Generated answers (no label probability) worst char-F1 first; labels as they came."""
+    if items and items[0].get("probability") is None:
+        items.sort(key=lambda r: r.get("char_f1", 0.0))
+    return items
 
 
 def check_targets(models: dict, targets: list) -> list[dict]:
@@ -107,17 +113,36 @@ def _header(summary: dict) -> list[str]:
         if recipe["max_steps"] > 0
         else f"{recipe['epochs']:g} epochs"
     )
+    if summary.get("split") == "dev":
+        data = summary["data"]
+        split = (
+            f"Dev split (carved out of the train split: {data['dev_fraction']:.0%} of each "
+            f"task, seed {data['dev_seed']}; the held-out split untouched): {report['samples']} "
+            f"samples; trained on the other {summary['data']['train_samples']}."
+        )
+    else:
+        split = (
+            f"Held-out split: {report['samples']} samples (`src/qwen3_lora/data/builtin/eval/`); "
+            f"train split: {summary['data']['train_samples']} samples."
+        )
+    about = f"; {model['about']}" if model.get("about") else ""
+    load = summary.get("load_average")
+    load_text = f" (load average {', '.join(f'{x:.1f}' for x in load)} at the end)" if load else ""
+    kind = (
+        " (smoke run: checks the stages, measures nothing)"
+        if summary["smoke"]
+        else " (dev run: for recipe choice)"
+        if summary.get("split") == "dev"
+        else ""
+    )
     return [
-        "# Quality benchmark"
-        + (" (smoke run: checks the stages, measures nothing)" if summary["smoke"] else ""),
+        "# Quality benchmark" + kind,
         "",
         f"Measured on **{model['name']}** ({model['parameters'] / 1e6:.1f}M parameters; "
         f"`{model['file']}` from PyPI `{model['package']}` {model['package_version']}, "
-        f"dequantised), not on Qwen3-0.6B: {summary['precision']}, "
+        f"dequantised{about}), not on Qwen3-0.6B: {summary['precision']}, "
         f"{summary['host']['threads']} CPU thread(s) on a {summary['host']['cpu_count']}-core "
-        f"machine, {summary['created'][:10]}. Held-out split: {report['samples']} samples "
-        f"(`src/qwen3_lora/data/builtin/eval/`); train split: "
-        f"{summary['data']['train_samples']} samples.",
+        f"machine{load_text}, {summary['created'][:10]}. {split}",
         "",
         f"- command: `{summary['command']}`",
         f"- wall time: **{_minutes(t['total'])}**: load + train {_minutes(t['train'])}, "
@@ -157,12 +182,16 @@ def results_table(summary: dict) -> list[str]:
     return lines
 
 
+def _split_name(summary: dict) -> str:
+    return "dev" if summary.get("split") == "dev" else "held-out"
+
+
 def _training(summary: dict, link_prefix: str) -> list[str]:
     train = summary["train"]
     epochs = ", ".join(f"{e['eval_loss']:.3f}" for e in train["eval_loss_by_epoch"])
     return [
         f"Training: loss {_fmt(train['first_loss'])} → {_fmt(train['last_loss'])}"
-        + (f"; held-out loss after each epoch {epochs}" if epochs else "")
+        + (f"; {_split_name(summary)} loss after each epoch {epochs}" if epochs else "")
         + f"; median {train['tokens_per_s_median'] or 0:.0f} tokens/s (prompt + answer).",
         "",
         f"![base vs tuned]({link_prefix}report.png)",
@@ -185,6 +214,8 @@ def _recipe_and_data(summary: dict) -> list[str]:
             why = summary["recipe_why"].get(key, "set for this run")
             lines.append(f"| `{key}` | `{value}` | {why} |")
         lines.append("")
+    if summary.get("recipe_selection"):
+        lines += ["## How the recipe was chosen", "", summary["recipe_selection"], ""]
     counts = summary["data"]["train_per_task"]
     return [
         *lines,
@@ -201,8 +232,10 @@ def _misses_section(summary: dict) -> list[str]:
         return []
     lines = ["## The tuned model's misses", ""]
     for task, items in misses.items():
+        # quality.json files from before `_order` kept a null probability on generated answers.
+        items = _order([{k: v for k, v in item.items() if v is not None} for item in items])
         shown = items[:MISSES_SHOWN]
-        kind = "lowest char-F1 first" if "probability" not in items[0] else "wrong labels"
+        kind = "lowest char-F1 first" if items[0].get("probability") is None else "wrong labels"
         more = (
             f", {len(items) - len(shown)} more in quality.json" if len(items) > len(shown) else ""
         )

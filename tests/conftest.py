@@ -187,3 +187,75 @@ def tiny_arch_folder(tmp_path_factory, tiny_model_dir):
         return folder
 
     return get
+
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def _gemma_style_vocabulary() -> list[str]:
+    """Gemma's layout, small: its special tokens, the 256 byte tokens, then one token per
+    character of the built-in data and the prompt scaffolding (a space spelled "▁")."""
+    from qwen3_lora.models.tiny import _corpus
+
+    chars = sorted({c for text in [*_corpus(), "user\nmodel\n"] for c in text})
+    return [*GEMMA_SPECIALS, *(f"<0x{b:02X}>" for b in range(256))] + [
+        "▁" if c == " " else c for c in chars
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_gguf(tmp_path_factory) -> Path:
+    """A 2-layer random Gemma 3 as one GGUF file, standing in for Gemma-3-270M's: a SentencePiece
+    vocabulary (`tokenizer.ggml.model` llama, Gemma's special tokens, byte fallback, no merges)
+    that transformers reads as a `GemmaTokenizer`, and no chat template."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from qwen3_lora.deploy.export.architectures import add_hyperparameters, model_tensors
+    from qwen3_lora.deploy.export.gguf_file import gguf_module, write_gguf
+
+    gguf = gguf_module()
+    tokens = _gemma_style_vocabulary()
+    ids = {t: i for i, t in enumerate(tokens)}
+    types = [
+        gguf.TokenType.CONTROL
+        if t in GEMMA_SPECIALS
+        else gguf.TokenType.BYTE
+        if t.startswith("<0x")
+        else gguf.TokenType.NORMAL
+        for t in tokens
+    ]
+    config = Gemma3TextConfig(
+        vocab_size=len(tokens),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=64,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=2048,
+        pad_token_id=ids["<pad>"],
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eos>"],
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+
+    def metadata(writer) -> None:
+        writer.add_name("tiny-gemma3")
+        add_hyperparameters(writer, config, "gemma3")
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores([0.0] * len(tokens))
+        writer.add_token_types(types)
+        writer.add_bos_token_id(ids["<bos>"])
+        writer.add_eos_token_id(ids["<eos>"])
+        writer.add_unk_token_id(ids["<unk>"])
+        writer.add_pad_token_id(ids["<pad>"])
+
+    path = tmp_path_factory.mktemp("tiny-gemma3") / "tiny-gemma3.gguf"
+    write_gguf(path, "gemma3", metadata, model_tensors(model, "gemma3", len(tokens)), "f32")
+    return path

@@ -78,6 +78,15 @@ def test_argv_is_a_list_of_checked_values_the_real_cli_parses(workspace):
     )
     assert (config.epochs, config.max_steps, config.lora_r, config.data) == (2, 50, 16, [data])
     assert config.builtin_data is False and config.learning_rate == 1e-4
+    # A choice field (TrainConfig's choices): passed on only when it differs from the default.
+    loss_on = next(f for f in train_form() if f.name == "loss_on")
+    assert loss_on.kind == "choice" and loss_on.choices == ("all", "last")
+    base = {"output_dir": "runs/new", "base_model": "tiny"}
+    assert "--loss-on" not in parse_job("train", {**base, "loss_on": "all"}, ws).args
+    spec = parse_job("train", {**base, "loss_on": "last", "chat_template": "chatml"}, ws)
+    assert spec.args[spec.args.index("--loss-on") + 1] == "last"
+    args = vars(build_parser().parse_args(["train", *spec.args]))
+    assert (args["loss_on"], args["chat_template"]) == ("last", "chatml")
     spec = parse_job(
         "eval",
         {
@@ -117,6 +126,8 @@ def test_argv_is_a_list_of_checked_values_the_real_cli_parses(workspace):
         ({"output_dir": "runs/x", "builtin_data": False}, "at least one file"),
         ({"output_dir": "runs/x", "builtin_data": "no"}, "true or false"),
         ({"output_dir": "runs/x", "extra_flag": "--resume"}, "unknown field"),
+        ({"output_dir": "runs/x", "loss_on": "--resume"}, "loss_on must be one of all, last"),
+        ({"output_dir": "runs/x", "chat_template": "llama9"}, "not a built-in template"),
     ],
 )
 def test_invalid_fields_are_refused(workspace, form, needle):

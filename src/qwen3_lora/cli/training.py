@@ -47,9 +47,13 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     registry = load_registry(args.tasks)
     groups = {", ".join(args.files): args.files} if args.files else default_stat_files()
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if tokenizer is not None:
+        from ..prompt.chat_templates import use_chat_template
+
+        use_chat_template(tokenizer, args.chat_template, args.tokenizer)
     for title, files in groups.items():
         records = load_records(files, registry)
-        print(format_stats(title, describe(records, registry, tokenizer)))
+        print(format_stats(title, describe(records, registry, tokenizer, args.loss_on)))
     return 0
 
 
@@ -66,11 +70,23 @@ def add_data(sub) -> None:
     p = sub.add_parser("data", help="validate or describe data files")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     v = data_sub.add_parser("validate", help="report every defect of each file (exit 1 if any)")
-    v.add_argument("files", nargs="+", help="JSONL or alpaca-style JSON files")
+    v.add_argument(
+        "files", nargs="+", help="JSONL or JSON files: task records, alpaca, messages, sharegpt"
+    )
     v.add_argument("--tasks", help="task registry YAML (default: built-in)")
     v.set_defaults(func=cmd_data_validate)
     s = data_sub.add_parser("stats", help="per-task counts and token-length percentiles")
     s.add_argument("files", nargs="*", help="data files (default: the built-in splits)")
     s.add_argument("--tokenizer", help="tokenizer folder, hub id or 'tiny' for token lengths")
+    s.add_argument(
+        "--chat-template",
+        help="with --tokenizer: render with this template, as `train --chat-template` does",
+    )
+    s.add_argument(
+        "--loss-on",
+        choices=["all", "last"],
+        default="all",
+        help="conversations: supervise every assistant turn or the last (as `train --loss-on`)",
+    )
     s.add_argument("--tasks", help="task registry YAML (default: built-in)")
     s.set_defaults(func=cmd_data_stats)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ..prompt.encoding import IGNORE_INDEX, encode_example
-from .records import Record, builtin_files, read_records
+from ..prompt.encoding import IGNORE_INDEX, encode_sample
+from .records import CHAT, Conversation, Sample, builtin_files, read_records
 from .registry import TaskRegistry, load_registry
 
 
@@ -33,33 +33,49 @@ def _percentiles(values: list[int], points=(50, 90, 95, 99)) -> dict[str, int]:
     return out
 
 
-def describe(records: list[Record], registry: TaskRegistry, tokenizer=None) -> dict:
-    """Per-task counts, label distribution and (with a tokenizer) token-length percentiles."""
-    by_task: dict[str, list[Record]] = defaultdict(list)
+def describe(
+    records: list[Sample], registry: TaskRegistry, tokenizer=None, loss_on: str = "all"
+) -> dict:
+    """Per-task counts (conversations without a task under `chat`), label distribution,
+    conversation turns and (with a tokenizer) token-length percentiles of the encoded samples."""
+    by_group: dict[str, list[Sample]] = defaultdict(list)
     for r in records:
-        by_task[r.task].append(r)
+        by_group[r.group].append(r)
+    order = [*registry.names, CHAT]
     stats = {}
-    for task_name, rows in by_task.items():
-        task = registry.require(task_name)
+    for group in sorted(by_group, key=order.index):
+        rows = by_group[group]
+        task = registry.get(group)
         entry: dict = {"samples": len(rows)}
-        if task.is_classification:
+        chats = [r for r in rows if isinstance(r, Conversation)]
+        if chats:
+            entry["conversations"] = len(chats)
+            entry["assistant_turns"] = sum(
+                role == "assistant" for c in chats for role, _ in c.turns
+            )
+        if task is not None and task.is_classification:
             entry["labels"] = dict(Counter(r.output for r in rows).most_common())
         if tokenizer is not None:
             totals, answers = [], []
             for r in rows:
-                enc = encode_example(tokenizer, r.task, r.input, r.output)
-                totals.append(len(enc.input_ids))
-                answers.append(sum(1 for x in enc.labels if x != IGNORE_INDEX))
+                for enc in encode_sample(tokenizer, r, loss_on):
+                    totals.append(len(enc.input_ids))
+                    answers.append(sum(1 for x in enc.labels if x != IGNORE_INDEX))
             entry["tokens"] = _percentiles(totals)
             entry["answer_tokens"] = _percentiles(answers)
-        stats[task_name] = entry
+        stats[group] = entry
     return stats
 
 
 def format_stats(title: str, stats: dict) -> str:
     lines = [f"== {title}: {sum(s['samples'] for s in stats.values())} samples"]
     for task, s in stats.items():
-        lines.append(f"  {task}: {s['samples']}")
+        chats = (
+            f" ({s['conversations']} conversations, {s['assistant_turns']} assistant turns)"
+            if "conversations" in s
+            else ""
+        )
+        lines.append(f"  {task}: {s['samples']}{chats}")
         if "labels" in s:
             lines.append("    labels: " + ", ".join(f"{k} {v}" for k, v in s["labels"].items()))
         if "tokens" in s:

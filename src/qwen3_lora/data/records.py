@@ -1,7 +1,15 @@
-"""Reading and validating task data: JSONL records `{"task", "input", "output"}` or alpaca JSON.
+"""Reading and validating training data, in four shapes that one file may mix line by line:
 
-Every problem names its file, line and field; all problems of a file are collected before
-anything is raised, so a user fixes a file in one pass.
+- task records `{"task", "input", "output"}` (and `id`);
+- alpaca records `{"instruction", "input", "output"}`: `instruction` names the task;
+- OpenAI chat `{"messages": [{"role", "content"}, ...]}`: an optional `system` message first,
+  then user and assistant turns alternating, ending with the assistant; an optional `task` (a
+  registered task, the last exchange being its input and answer) and `id`;
+- sharegpt `{"conversations": [{"from", "value"}, ...], "system"?}` with `human` and `gpt` turns.
+
+A task record becomes a `Record`, a chat a `Conversation`. Every problem names its file, line
+and field (`messages[2].role`); all problems of a file are collected before anything is raised,
+so a user fixes a file in one pass.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from .registry import TaskRegistry, builtin_data_dir, load_registry
 REQUIRED_FIELDS = ("task", "input", "output")
 OPTIONAL_FIELDS = ("id",)
 ALPACA_FIELDS = ("instruction", "input", "output")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+CHAT = "chat"  # how a conversation without a task is counted
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,48 @@ class Record:
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    @property
+    def group(self) -> str:
+        """What the sample is counted under in statistics: its task."""
+        return self.task
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat sample: (role, content) turns, system/user/assistant, ending with the assistant."""
+
+    turns: tuple[tuple[str, str], ...]
+    task: str | None = None
+    file: str = ""
+    line: int = 0
+    id: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def messages(self) -> list[dict]:
+        return [{"role": role, "content": content} for role, content in self.turns]
+
+    @property
+    def input(self) -> str:
+        """The last user turn: a task's input when the conversation has a task."""
+        return next(c for r, c in reversed(self.turns) if r == "user")
+
+    @property
+    def output(self) -> str:
+        """The last assistant turn: a task's answer when the conversation has a task."""
+        return self.turns[-1][1]
+
+    @property
+    def group(self) -> str:
+        """Its task, or `chat` for a conversation without one."""
+        return self.task or CHAT
+
+
+Sample = Record | Conversation
 
 
 @dataclass(frozen=True)
@@ -75,32 +128,163 @@ def _check_fields(obj: dict, file: str, line: int, registry: TaskRegistry) -> li
             )
     if problems:
         return problems
-    task = registry.get(obj["task"])
+    return _check_task(obj["task"], obj["input"], obj["output"], (file, line), "output", registry)
+
+
+def _check_task(
+    name: str, text: str, output: str, at: tuple[str, int], output_field: str, registry
+) -> list[Problem]:
+    """A known task, and an answer its kind allows (a label; a span of the input)."""
+    task = registry.get(name)
     if task is None:
-        problems.append(
-            Problem(
-                file,
-                line,
-                "task",
-                f"unknown task {obj['task']!r}; known: {', '.join(registry.names)} "
-                f"(register new tasks in {registry.source})",
+        known = ", ".join(registry.names)
+        message = f"unknown task {name!r}; known: {known} (register new tasks in {registry.source})"
+        return [Problem(*at, "task", message)]
+    if task.is_classification and output not in task.labels:
+        message = (
+            f"{output!r} is not a label of {task.name}; expected one of {', '.join(task.labels)}"
+        )
+        return [Problem(*at, output_field, message)]
+    if task.kind == "extraction" and output not in text:
+        return [Problem(*at, output_field, "an extraction answer must be a span of the input")]
+    return []
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """Where a chat format keeps its turns and what its roles are called."""
+
+    name: str
+    turns: str  # the list field
+    role: str
+    content: str
+    roles: dict[str, str]  # the format's role name -> system, user or assistant
+    fields: tuple[str, ...]  # allowed top-level fields
+
+
+MESSAGES = ChatFormat(
+    "messages", "messages", "role", "content", {r: r for r in ROLES}, ("messages", "task", "id")
+)
+SHAREGPT = ChatFormat(
+    "sharegpt",
+    "conversations",
+    "from",
+    "value",
+    SHAREGPT_ROLES,
+    ("conversations", "system", "task", "id"),
+)
+
+
+def _check_turn_items(items: list, fmt: ChatFormat, at: tuple[str, int]):
+    """Each turn's own fields; returns ([(role, content, field prefix)], problems)."""
+    turns, problems = [], []
+    for i, item in enumerate(items):
+        where = f"{fmt.turns}[{i}]"
+        if not isinstance(item, dict):
+            kind = type(item).__name__
+            problems.append(Problem(*at, where, f"expected a JSON object, got {kind}"))
+            continue
+        for key in item:
+            if key not in (fmt.role, fmt.content):
+                allowed = f"{fmt.role}, {fmt.content}"
+                problems.append(
+                    Problem(*at, f"{where}.{key}", f"unknown field; allowed: {allowed}")
+                )
+        role, content = item.get(fmt.role), item.get(fmt.content)
+        if fmt.role not in item:
+            problems.append(Problem(*at, f"{where}.{fmt.role}", "missing field"))
+        elif role not in fmt.roles:
+            known = ", ".join(fmt.roles)
+            problems.append(
+                Problem(*at, f"{where}.{fmt.role}", f"unknown role {role!r}; expected {known}")
             )
-        )
-    elif task.is_classification and obj["output"] not in task.labels:
-        problems.append(
+        if fmt.content not in item:
+            problems.append(Problem(*at, f"{where}.{fmt.content}", "missing field"))
+        elif not isinstance(content, str):
+            kind = type(content).__name__
+            problems.append(Problem(*at, f"{where}.{fmt.content}", f"must be a string, got {kind}"))
+        elif not content.strip():
+            problems.append(Problem(*at, f"{where}.{fmt.content}", "is empty"))
+        turns.append((fmt.roles.get(role), content, where))
+    return turns, problems
+
+
+def _check_turn_order(turns: list, fmt: ChatFormat, at: tuple[str, int]) -> list[Problem]:
+    """An optional system turn first, then user and assistant alternating, ending with one."""
+    names = {v: k for k, v in fmt.roles.items()}
+    expected = "user"
+    for i, (role, _, where) in enumerate(turns):
+        if role == "system":
+            if i == 0:
+                continue
+            return [Problem(*at, f"{where}.{fmt.role}", "a system turn may only come first")]
+        if role != expected:
+            return [
+                Problem(
+                    *at,
+                    f"{where}.{fmt.role}",
+                    f"{names[role]} where a {names[expected]} turn belongs: after an optional "
+                    f"system turn, {names['user']} and {names['assistant']} turns alternate",
+                )
+            ]
+        expected = "assistant" if role == "user" else "user"
+    if not turns or turns[-1][0] != "assistant":
+        return [
             Problem(
-                file,
-                line,
-                "output",
-                f"{obj['output']!r} is not a label of {task.name}; "
-                f"expected one of {', '.join(task.labels)}",
+                *at,
+                fmt.turns,
+                f"the last turn must be the answer to learn ({names['assistant']}), not a "
+                f"{names['user']} turn",
             )
-        )
-    elif task.kind == "extraction" and obj["output"] not in obj["input"]:
-        problems.append(
-            Problem(file, line, "output", "an extraction answer must be a span of the input")
-        )
-    return problems
+        ]
+    return []
+
+
+def _conversation(obj: dict, fmt: ChatFormat, at: tuple[str, int], registry):
+    """(a Conversation, []) or (None, every problem of the object)."""
+    problems = [
+        Problem(*at, key, f"unknown field; allowed in {fmt.name} data: {', '.join(fmt.fields)}")
+        for key in obj
+        if key not in fmt.fields
+    ]
+    items = obj[fmt.turns]
+    if not isinstance(items, list):
+        message = f"must be a list of {{{fmt.role}, {fmt.content}}} objects"
+        return None, [*problems, Problem(*at, fmt.turns, message)]
+    if not items:
+        return None, [*problems, Problem(*at, fmt.turns, "is empty")]
+    turns, found = _check_turn_items(items, fmt, at)
+    problems += found
+    system = obj.get("system")
+    if system is not None and not isinstance(system, str):
+        problems.append(Problem(*at, "system", "must be a string"))
+    elif system and system.strip():
+        if turns and turns[0][0] == "system":
+            problems.append(Problem(*at, "system", f"a second system prompt ({fmt.turns}[0])"))
+        turns = [("system", system, "system"), *turns]
+    task = obj.get("task")
+    if "task" in obj and not isinstance(task, str):
+        problems.append(Problem(*at, "task", "must be a string"))
+    if "id" in obj and not isinstance(obj["id"], (str, int)):
+        problems.append(Problem(*at, "id", "must be a string or an integer"))
+    if problems:
+        return None, problems
+    problems = _check_turn_order(turns, fmt, at)
+    if not problems and isinstance(task, str):
+        last = f"{turns[-1][2]}.{fmt.content}" if turns[-1][2] != "system" else fmt.turns
+        user = next(c for r, c, _ in reversed(turns) if r == "user")
+        problems = _check_task(task, user, turns[-1][1], at, last, registry)
+    if problems:
+        return None, problems
+    raw_id = obj.get("id")
+    conversation = Conversation(
+        turns=tuple((role, content) for role, content, _ in turns),
+        task=None if task is None else registry.require(task).name,
+        file=at[0],
+        line=at[1],
+        id=None if raw_id is None else str(raw_id),
+    )
+    return conversation, []
 
 
 def _iter_objects(path: Path) -> tuple[list[tuple[int, object]], list[Problem]]:
@@ -152,18 +336,32 @@ def _from_alpaca(obj: dict) -> dict:
     return {**mapped, **extra}
 
 
-def read_records(path: str | Path, registry: TaskRegistry) -> tuple[list[Record], list[Problem]]:
-    """Read one file; return its valid records and every problem found in it."""
+def read_records(path: str | Path, registry: TaskRegistry) -> tuple[list[Sample], list[Problem]]:
+    """Read one file; return its valid records and conversations and every problem found in it."""
     path = Path(path)
     file = str(path)
     objects, problems = _iter_objects(path)
-    records: list[Record] = []
-    seen: dict[tuple[str, str], int] = {}
+    records: list[Sample] = []
+    seen: dict[tuple, int] = {}
     for line, obj in objects:
         if not isinstance(obj, dict):
             problems.append(
                 Problem(file, line, None, f"expected a JSON object, got {type(obj).__name__}")
             )
+            continue
+        fmt = MESSAGES if "messages" in obj else SHAREGPT if "conversations" in obj else None
+        if fmt is not None:
+            conversation, found = _conversation(obj, fmt, (file, line), registry)
+            if found:
+                problems.extend(found)
+                continue
+            key = ("chat", conversation.turns)
+            if key in seen:
+                message = f"duplicate of line {seen[key]} (same conversation)"
+                problems.append(Problem(file, line, fmt.turns, message))
+                continue
+            seen[key] = line
+            records.append(conversation)
             continue
         if "instruction" in obj and "task" not in obj:
             obj = _from_alpaca(obj)
@@ -193,7 +391,7 @@ def read_records(path: str | Path, registry: TaskRegistry) -> tuple[list[Record]
     return records, problems
 
 
-def load_records(paths: list[str | Path], registry: TaskRegistry | None = None) -> list[Record]:
+def load_records(paths: list[str | Path], registry: TaskRegistry | None = None) -> list[Sample]:
     """Read several files; raise `DataError` listing every problem if any file is invalid."""
     registry = registry or load_registry()
     records, problems = [], []

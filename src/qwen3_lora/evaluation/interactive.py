@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ..data.records import Record, load_builtin, load_records
+from ..data.records import Sample, load_builtin, load_records
 from ..files import cache_dir
 from ..inference.predictor import Prediction, Predictor
 from ..inference.router import route
+from ..prompt.encoding import sample_prompt
 
 QUIT_WORDS = frozenset({"quit", "exit", "退出", ":q", ":quit"})
 MODES = ("suite", "interactive", "eval", "all")
@@ -93,8 +94,10 @@ def sample_records(predictor: Predictor, per_task: int, data: list[str] | None =
     records = (
         load_records(data, predictor.registry) if data else load_builtin("eval", predictor.registry)
     )
-    chosen: dict[str, list[Record]] = {}
+    chosen: dict[str, list[Sample]] = {}
     for record in records:
+        if record.task is None:
+            continue
         bucket = chosen.setdefault(record.task, [])
         if len(bucket) < per_task:
             bucket.append(record)
@@ -123,7 +126,10 @@ def run_suite(
         row = {"task": record.task, "input": record.input, "reference": record.output}
         for name in models:
             with _model(predictor, name == "base"):
-                pred = predictor.predict(record.task, [record.input], max_new_tokens=max_new_tokens)
+                prompt = sample_prompt(predictor.tokenizer, record)
+                pred = predictor.predict(
+                    record.task, [record.input], max_new_tokens=max_new_tokens, prompts=[prompt]
+                )
             p = pred[0]
             mark = "✓" if p.output.strip() == record.output.strip() else "✗"
             console.write(f"    {name:<9}: {_answer_text(p)}  [{p.latency_ms:.1f} ms] {mark}")

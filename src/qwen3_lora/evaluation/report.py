@@ -18,10 +18,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.records import Record, load_builtin, load_records
+from ..data.records import Sample, load_builtin, load_records
 from ..files import atomic_path, atomic_write_text, output_folder
 from ..inference.errors import PredictorError
 from ..inference.predictor import Predictor
+from ..prompt.encoding import sample_prompt
 from .metrics import confusion_matrix, sample_metrics, task_metrics
 
 REPORT_JSON, REPORT_MD, PREDICTIONS, CHART = (
@@ -52,8 +53,8 @@ class EvalResult:
     runs: list[ModelRun]
 
 
-def _by_task(records: list[Record], predictor: Predictor) -> dict[str, list[Record]]:
-    grouped: dict[str, list[Record]] = defaultdict(list)
+def _by_task(records: list[Sample], predictor: Predictor) -> dict[str, list[Sample]]:
+    grouped: dict[str, list[Sample]] = defaultdict(list)
     for record in records:
         grouped[record.task].append(record)
     order = [t for t in predictor.registry.names if t in grouped]
@@ -62,7 +63,7 @@ def _by_task(records: list[Record], predictor: Predictor) -> dict[str, list[Reco
 
 def evaluate_records(
     predictor: Predictor,
-    records: list[Record],
+    records: list[Sample],
     name: str,
     *,
     decode: str = "auto",
@@ -80,6 +81,7 @@ def evaluate_records(
             decode=decode,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            prompts=[sample_prompt(predictor.tokenizer, r) for r in group],
         )
         outputs = [p.output for p in predictions]
         references = [r.output for r in group]
@@ -134,6 +136,18 @@ def run_eval(
     )
     if not records:
         raise PredictorError("no evaluation records: the data files are empty")
+    if untasked := sum(r.task is None for r in records):
+        log.warning(
+            "%d conversation(s) without a task are not evaluated: give each a `task` field to "
+            "score it by that task's metric",
+            untasked,
+        )
+        records = [r for r in records if r.task is not None]
+        if not records:
+            raise PredictorError(
+                "no evaluation records: every conversation lacks a `task` field, which says "
+                "how its last answer is scored"
+            )
     if compare_base and not predictor.has_adapter:
         raise PredictorError("--compare-base needs an adapter (--adapter DIR) to compare against")
     settings = {"decode": decode, "max_new_tokens": max_new_tokens, "batch_size": batch_size}

@@ -177,15 +177,25 @@ class Predictor:
         decode: str = "auto",
         max_new_tokens: int = 128,
         batch_size: int = 8,
+        prompts: list[str] | None = None,
     ) -> list[Prediction]:
-        """Answer `task` for each text, decoded as `decode.decode_for` rules for its kind."""
+        """Answer `task` for each text, decoded as `decode.decode_for` rules for its kind.
+
+        `prompts`: rendered prompts to answer instead of `render_prompt(task, text)` (a
+        conversation's history, `prompt.encoding.sample_prompt`); an extraction answer still
+        stays within its text.
+        """
         spec = self.task_spec(task)
         decode = decode_for(spec.kind, decode)
         scorer = self.scorer(spec.name) if decode == "score" else None
         results: list[Prediction] = []
         for start in range(0, len(texts), max(1, batch_size)):
             batch = list(texts[start : start + max(1, batch_size)])
-            ids = [prompt_ids(self.tokenizer, spec.name, t) for t in batch]
+            if prompts is None:
+                ids = [prompt_ids(self.tokenizer, spec.name, t) for t in batch]
+            else:
+                rendered = prompts[start : start + len(batch)]
+                ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in rendered]
             self._check_length(ids, 0 if scorer else max_new_tokens)
             began = time.perf_counter()
             if scorer is not None:

@@ -7,7 +7,6 @@ Qwen3-0.6B architecture (596M parameters) for benchmarks.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -44,9 +43,10 @@ ARCHITECTURES = {
 
 
 def chat_template() -> str:
-    return (resources.files("qwen3_lora") / "prompt" / "templates" / "qwen3_chat.jinja").read_text(
-        "utf-8"
-    )
+    """The tiny tokenizer's chat template: the built-in `qwen3`."""
+    from ..prompt.chat_templates import builtin_template
+
+    return builtin_template("qwen3")
 
 
 def _corpus() -> list[str]:
@@ -61,8 +61,9 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 2048, pad_is_eos: bool = False):
-    """A byte-level BPE tokenizer with Qwen3's special tokens and a Qwen3-style chat template."""
+def build_tokenizer(vocab_size: int = 2048, pad_is_eos: bool = False, with_template: bool = True):
+    """A byte-level BPE tokenizer with Qwen3's special tokens and (unless `with_template` is
+    false, as for a base model that ships none) a Qwen3-style chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -80,7 +81,7 @@ def build_tokenizer(vocab_size: int = 2048, pad_is_eos: bool = False):
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|im_end|>" if pad_is_eos else "<|endoftext|>",
-        chat_template=chat_template(),
+        chat_template=chat_template() if with_template else None,
     )
 
 
@@ -107,10 +108,12 @@ def build_model(tokenizer, arch: str = "tiny", seed: int = 0, dtype=torch.float3
     return model
 
 
-def build_tiny_folder(folder: str | Path, seed: int = 0, pad_is_eos: bool = False) -> Path:
+def build_tiny_folder(
+    folder: str | Path, seed: int = 0, pad_is_eos: bool = False, with_template: bool = True
+) -> Path:
     """Write a tiny Qwen3 (safetensors) and its tokenizer to `folder`; return the folder."""
     folder = Path(folder)
-    tokenizer = build_tokenizer(pad_is_eos=pad_is_eos)
+    tokenizer = build_tokenizer(pad_is_eos=pad_is_eos, with_template=with_template)
     model = build_model(tokenizer, "tiny", seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)

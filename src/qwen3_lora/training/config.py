@@ -14,6 +14,8 @@ import yaml
 from ..errors import UserError
 from ..models.loading import PRECISIONS
 from ..models.source import DEFAULT_BASE_MODEL, HUBS
+from ..prompt.chat_templates import BUILTIN_TEMPLATES, spec_problem
+from ..prompt.encoding import LOSS_ON
 
 ATTENTIONS = ("auto", "sdpa", "eager")
 COMPILES = ("auto", "on", "off")
@@ -43,6 +45,11 @@ class TrainConfig:
     hub: str = _f("huggingface", "where a hub id is fetched from", choices=list(HUBS))
     trust_remote_code: bool = _f(False, "run model code shipped with the weights (off by default)")
     output_dir: str = _f("outputs/qwen3-0.6b-lora", "where the adapter, logs and checkpoints go")
+    chat_template: str | None = _f(
+        None,
+        f"chat template: a built-in name ({', '.join(BUILTIN_TEMPLATES)}) or a .jinja file, saved "
+        "with the adapter (default: the tokenizer's own)",
+    )
     # Data
     data: list[str] = _f([], "extra JSONL/alpaca-JSON training files, added to the built-in split")
     builtin_data: bool = _f(
@@ -51,6 +58,12 @@ class TrainConfig:
     eval_data: list[str] = _f([], "held-out files for eval loss (default: the built-in eval split)")
     tasks: str | None = _f(None, "task registry YAML (default: the built-in registry)")
     max_length: int = _f(512, "longest sample in tokens; longer inputs are shortened and reported")
+    loss_on: str = _f(
+        "all",
+        "the assistant turns of a conversation (messages/sharegpt data) that are learned: all,"
+        " or the last one only",
+        choices=list(LOSS_ON),
+    )
     # LoRA
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling alpha")
@@ -142,6 +155,8 @@ class TrainConfig:
             problems.append(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.loss_on not in LOSS_ON:
+            problems.append(f"loss_on must be one of {', '.join(LOSS_ON)}, got {self.loss_on!r}")
         if self.attention not in ATTENTIONS:
             problems.append(
                 f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
@@ -154,6 +169,8 @@ class TrainConfig:
             problems.append(f"hub must be huggingface or modelscope, got {self.hub!r}")
         if self.quantization not in (None, "4bit"):
             problems.append(f"quantization must be '4bit' or unset, got {self.quantization!r}")
+        if self.chat_template and (problem := spec_problem(self.chat_template)):
+            problems.append(problem)
         if not self.builtin_data and not self.data:
             problems.append("--no-builtin-data needs at least one --data file")
         if not self.target_modules:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from ..data.records import Record, builtin_files, load_records
+from ..data.records import Sample, builtin_files, load_records
 from ..data.registry import load_registry
 from ..files import output_folder, remove_leftovers, staged_files
 from ..models.adapter import quiet_peft_wrapping
@@ -30,6 +30,7 @@ from ..models.loading import (
     resolve_precision,
 )
 from ..models.source import ModelSource, resolve_model_source
+from ..prompt.chat_templates import use_chat_template
 from ..prompt.encoding import EncodedDataset, EncodeReport, PadCollator, encode_records
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -66,7 +67,7 @@ def sharding_engine() -> str | None:
     return None
 
 
-def _load_data(config: TrainConfig, registry) -> tuple[list[Record], list[Record]]:
+def _load_data(config: TrainConfig, registry) -> tuple[list[Sample], list[Sample]]:
     train_files = [*(builtin_files("train") if config.builtin_data else []), *config.data]
     train = load_records(train_files, registry)
     if not train:
@@ -271,8 +272,17 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     precision = _precision(config, device)
     source = resolve_model_source(config.base_model, config.hub, gguf_file=config.gguf_file)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    train_set, report = encode_records(tokenizer, train_records, config.max_length)
-    eval_set, eval_report = encode_records(tokenizer, eval_records, config.max_length)
+    # Saved with the adapter (chat_template.jinja), so every later command renders with it.
+    end_of_turn = use_chat_template(tokenizer, config.chat_template, source.name)
+    log.info(
+        "chat template: %s; end of turn %s",
+        config.chat_template or "the tokenizer's own",
+        end_of_turn,
+    )
+    train_set, report = encode_records(tokenizer, train_records, config.max_length, config.loss_on)
+    eval_set, eval_report = encode_records(
+        tokenizer, eval_records, config.max_length, config.loss_on
+    )
     log.info("train: %s", report.summary(config.max_length))
     if eval_records:
         log.info("eval: %s", eval_report.summary(config.max_length))
@@ -341,6 +351,6 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         optimizer_steps=result.global_step,
         encode_report=report,
         final_loss=result.training_loss,
-        train_per_task=dict(Counter(r.task for r in train_records)),
+        train_per_task=dict(Counter(r.group for r in train_records)),
         compiled=is_compiled(model),  # False as well when compiling failed and training went on
     )

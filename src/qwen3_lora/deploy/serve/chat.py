@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ...prompt.render import render_chat, split_thinking
+from ...prompt.render import TemplateError, render_chat, split_thinking
 from .errors import ERROR_RESPONSES, ApiError, error_body
 from .runner import stream_with_adapter, with_adapter
 from .schemas import ChatCompletionRequest
@@ -106,7 +106,10 @@ async def prepare_turn(state: ServeState, body: ChatCompletionRequest, request: 
     if len(stops) > MAX_STOP_STRINGS:
         raise ApiError(400, f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     thinking = bool(body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking)
-    prompt = render_chat(m.tokenizer, messages, thinking=thinking)
+    try:
+        prompt = render_chat(m.tokenizer, messages, thinking=thinking)
+    except TemplateError as exc:  # e.g. Gemma's template: roles must alternate
+        raise ApiError(400, str(exc), param="messages", code=None) from exc
     fields = log_fields(request)
     fields["prompt_tokens"] = prompt_tokens = await m.count_tokens(prompt)
     requested = body.max_completion_tokens or body.max_tokens

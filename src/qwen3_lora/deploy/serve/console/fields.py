@@ -6,8 +6,9 @@ here), with the config's type, default and help text. `EVAL_FORM` mirrors `qwen3
 
 Nothing a client sends reaches a shell or becomes an option: each value is checked against its
 field's kind (a number in range, true/false, a workspace path resolved inside the workspace and
-passed absolute, a hub id or template name matching a strict pattern) and placed after its own
-flag in an argv list. Every problem of a request is reported together.
+passed absolute, a hub id matching a strict pattern, a built-in template name, one of a choice
+field's values) and placed after its own flag in an argv list. Every problem of a request is
+reported together.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ....models.adapter import ADAPTER_CONFIG
+from ....prompt.chat_templates import BUILTIN_TEMPLATES, TEMPLATE_SUFFIXES
 from ....training.config import TrainConfig, field_type_names
 from ..errors import ApiError
 from .workspace import DATA_SUFFIXES, Workspace, WorkspaceError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TEMPLATE_SUFFIXES = (".jinja", ".j2")
 MAX_TEXT = 1024
 MAX_FILES = 64
 
@@ -45,13 +46,15 @@ class FieldsError(ApiError):
 
 @dataclass(frozen=True)
 class FormField:
-    """One form field. `kind`: model, files, template, bool, number, adapter, new_folder."""
+    """One form field. `kind`: model, files, template, choice, bool, number, adapter,
+    new_folder."""
 
     name: str
     kind: str
     lo: float | None = None
     hi: float | None = None
     allow: tuple = ()  # values accepted outside [lo, hi], e.g. -1 for "no limit"
+    choices: tuple = ()  # a choice field's values (TrainConfig's)
     required: bool = False
     type: str = "str"  # bool, int, float, str, list
     default: Any = None
@@ -72,6 +75,7 @@ TRAIN_FORM = (
     FormField("builtin_data", "bool"),
     FormField("eval_data", "files"),
     FormField("chat_template", "template"),
+    FormField("loss_on", "choice"),
     FormField("epochs", "number", 0.01, 100),
     FormField("max_steps", "number", 1, 1_000_000, allow=(-1,)),
     FormField("learning_rate", "number", 1e-8, 1.0),
@@ -108,6 +112,7 @@ def train_form() -> tuple[FormField, ...]:
                 type=types[field.name],
                 default=default,
                 help=known.metadata.get("help", ""),
+                choices=tuple(known.metadata.get("choices", ())),
             )
         )
     return tuple(out)
@@ -192,9 +197,19 @@ class _Checker:
     def template(self, f: FormField, value: Any) -> str | None:
         """A built-in template name, or a .jinja file in the workspace."""
         named = isinstance(value, str) and not value.endswith(TEMPLATE_SUFFIXES)
-        if named and TEMPLATE_NAME.match(value):
+        if named and value in BUILTIN_TEMPLATES:
             return value
+        if named and TEMPLATE_NAME.match(value):
+            known = ", ".join(BUILTIN_TEMPLATES)
+            self.problems.append(f"{f.name}: {value!r} is not a built-in template ({known})")
+            return None
         return self.path(f, value, lambda r: self.ws.file(r, TEMPLATE_SUFFIXES))
+
+    def choice(self, f: FormField, value: Any) -> str | None:
+        if value not in f.choices:
+            self.problems.append(f"{f.name} must be one of {', '.join(f.choices)}")
+            return None
+        return value
 
     def adapter(self, f: FormField, value: Any) -> str | None:
         def check(raw):
@@ -210,6 +225,8 @@ class _Checker:
 
 def _argv_value(f: FormField, value: Any) -> list[str]:
     """The flag and value(s) of one checked field; [] when it adds nothing."""
+    if f.kind == "choice" and value == f.default:
+        return []
     if f.type == "bool":
         if value == f.default:
             return []
@@ -250,7 +267,7 @@ def parse_job(kind: str, raw: Any, ws: Workspace, allowed_models: tuple[str, ...
             checked = c.files(f, value)
         elif f.kind == "new_folder":
             checked = c.path(f, value, ws.new_folder)
-        else:  # model, template, adapter
+        else:  # model, template, choice, adapter
             checked = getattr(c, f.kind)(f, value)
         if checked is None:
             continue

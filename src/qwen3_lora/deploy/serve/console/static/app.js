@@ -32,6 +32,7 @@ const I18N = {
     "training.nojobs": "还没有任务。", "training.nofiles": "工作区中没有 .jsonl/.json 数据文件。",
     "f.base_model": "基座模型", "f.data": "训练数据（工作区文件）", "f.builtin_data": "包含内置训练集",
     "f.eval_data": "验证数据（默认：内置验证集）", "f.chat_template": "对话模板（可选：内置名称或工作区 .jinja 文件）",
+    "f.loss_on": "对话数据：学习哪些助手回复（all 全部；last 仅最后一个）",
     "f.epochs": "轮数", "f.max_steps": "最大步数（-1 不限）", "f.learning_rate": "学习率", "f.lora_r": "LoRA r",
     "f.lora_alpha": "LoRA alpha", "f.batch_size": "微批大小", "f.grad_accum": "梯度累积步数",
     "f.output_dir": "输出目录（工作区内）",
@@ -71,6 +72,7 @@ const I18N = {
     "training.nojobs": "No jobs yet.", "training.nofiles": "No .jsonl/.json data files in the workspace.",
     "f.base_model": "Base model", "f.data": "Training data (workspace files)", "f.builtin_data": "Include the built-in train split",
     "f.eval_data": "Eval data (default: the built-in eval split)", "f.chat_template": "Chat template (optional: a built-in name or a workspace .jinja file)",
+    "f.loss_on": "Conversations: learn every assistant turn (all) or the last one (last)",
     "f.epochs": "Epochs", "f.max_steps": "Max steps (-1: no limit)", "f.learning_rate": "Learning rate", "f.lora_r": "LoRA r",
     "f.lora_alpha": "LoRA alpha", "f.batch_size": "Micro-batch size", "f.grad_accum": "Gradient accumulation",
     "f.output_dir": "Output folder (inside the workspace)",
@@ -736,6 +738,9 @@ function formField(f) {
   if (f.kind === "bool") return label(h("input", { type: "checkbox", name: f.name, checked: !!f.default }));
   if (f.kind === "number") {
     return label(h("input", { type: "number", name: f.name, step: f.type === "int" ? "1" : "any", value: f.default ?? "", "data-type": f.type }));
+  }
+  if (f.kind === "choice") {
+    return label(h("select", { name: f.name }, ...(f.choices || []).map((v) => h("option", { value: v, selected: v === f.default, text: v }))));
   }
   const attrs = { name: f.name, required: !!f.required, autocomplete: "off" };
   if (f.kind === "model") attrs.list = "base-models";
