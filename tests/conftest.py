@@ -57,37 +57,43 @@ def memorise_file(tmp_path_factory) -> Path:
     return path
 
 
+def memorise_config(base: Path, out: Path, memorise_file: Path, **changes):
+    """The TrainConfig that makes the tiny model reproduce every MEMORISE answer: trained and
+    evaluated on those samples alone, fp32, a constant high learning rate, no dropout."""
+    from qwen3_lora.training.config import TrainConfig
+
+    options = dict(
+        base_model=str(base),
+        output_dir=str(out),
+        data=[str(memorise_file)],
+        builtin_data=False,
+        eval_data=[str(memorise_file)],
+        eval_each_epoch=False,
+        epochs=60,
+        batch_size=6,
+        grad_accum=1,
+        learning_rate=1e-2,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        precision="fp32",
+        save_steps=1000,
+        save_total_limit=1,
+        report_to=["none"],
+        logging_steps=10,
+    )
+    return TrainConfig(**(options | changes))
+
+
 @pytest.fixture(scope="session")
 def memorised_adapter(tmp_path_factory, tiny_model_dir, memorise_file) -> Path:
     """A LoRA adapter trained on MEMORISE until the tiny model reproduces every answer."""
-    from qwen3_lora.training.config import TrainConfig
     from qwen3_lora.training.train import train
 
     out = tmp_path_factory.mktemp("memorised")
-    train(
-        TrainConfig(
-            base_model=str(tiny_model_dir),
-            output_dir=str(out),
-            data=[str(memorise_file)],
-            builtin_data=False,
-            eval_data=[str(memorise_file)],
-            eval_each_epoch=False,
-            epochs=60,
-            batch_size=6,
-            grad_accum=1,
-            learning_rate=1e-2,
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            warmup_ratio=0.0,
-            lr_scheduler="constant",
-            precision="fp32",
-            save_steps=1000,
-            save_total_limit=1,
-            report_to=["none"],
-            logging_steps=10,
-        )
-    )
+    train(memorise_config(tiny_model_dir, out, memorise_file))
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import MEMORISE
+from conftest import MEMORISE, memorise_config
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,7 +25,7 @@ from qwen3_lora.prompt.chat_templates import (
     use_chat_template,
 )
 from qwen3_lora.prompt.render import TemplateError, end_of_turn_token, render_prompt
-from qwen3_lora.training.config import ConfigError, TrainConfig, build_config
+from qwen3_lora.training.config import ConfigError, build_config
 from qwen3_lora.training.train import train
 
 GEMMA_MARKERS = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
@@ -44,30 +44,9 @@ def no_template_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def chatml_adapter(tmp_path_factory, no_template_dir, memorise_file):
     out = tmp_path_factory.mktemp("chatml") / "adapter"
-    train(
-        TrainConfig(
-            base_model=str(no_template_dir),
-            chat_template="chatml",
-            output_dir=str(out),
-            data=[str(memorise_file)],
-            builtin_data=False,
-            eval_data=[str(memorise_file)],
-            eval_each_epoch=False,
-            epochs=40,  # 30 memorise all six here; 40 for a margin, 60 cost 1.5x as long
-            batch_size=6,
-            grad_accum=1,
-            learning_rate=1e-2,
-            lora_r=16,
-            lora_dropout=0.0,
-            warmup_ratio=0.0,
-            lr_scheduler="constant",
-            precision="fp32",
-            save_steps=1000,
-            save_total_limit=1,
-            report_to=["none"],
-            logging_steps=20,
-        )
-    )
+    # 30 epochs memorise all six here; 40 for a margin (60 cost 1.5x as long).
+    config = memorise_config(no_template_dir, out, memorise_file, chat_template="chatml", epochs=40)
+    train(config)
     return out
 
 
