@@ -139,6 +139,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _new_stage(parent: Path, name: str, folder: Path) -> Path:
+    """A new, empty hidden folder in `parent` (created if missing) to stage `folder`'s files in."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = _temp_path(parent, name)
+        stage.mkdir()
+    except OSError as exc:
+        raise _cannot_write(folder, exc) from exc
+    return stage
+
+
 @contextlib.contextmanager
 def staged_files(folder: str | Path) -> Iterator[Path]:
     """An empty staging folder inside `folder` to save files into (`save_pretrained`, ...).
@@ -148,12 +159,7 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
     between two renames leaves some files new and some old, each of them complete.
     """
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        stage = _temp_path(folder, "stage")
-        stage.mkdir()
-    except OSError as exc:
-        raise _cannot_write(folder, exc) from exc
+    stage = _new_stage(folder, "stage", folder)
     try:
         yield stage
         fsync_tree(stage)
@@ -173,12 +179,7 @@ def staged_folder(folder: str | Path) -> Iterator[Path]:
     """A staging folder beside `folder` (which must be absent or empty) to write into; on success
     it is renamed to `folder` in one step, so `folder` appears complete or not at all."""
     folder = Path(folder)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        stage = _temp_path(folder.parent, folder.name)
-        stage.mkdir()
-    except OSError as exc:
-        raise _cannot_write(folder, exc) from exc
+    stage = _new_stage(folder.parent, folder.name, folder)
     try:
         yield stage
         fsync_tree(stage)
