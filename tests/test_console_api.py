@@ -6,6 +6,7 @@ out), and jobs (fake CLI) including concurrent starts and loading a run into the
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import shutil
@@ -23,6 +24,8 @@ from qwen3_lora.deploy.serve.console import Console, Workspace
 from qwen3_lora.deploy.serve.console.routes import STATIC_DIR
 from qwen3_lora.deploy.serve.main import adapter_loader
 from qwen3_lora.deploy.serve.settings import config_from_arguments
+from qwen3_lora.inference.predictor import Predictor
+from qwen3_lora.prompt.chat_templates import builtin_template
 
 SCENE_LABELS = ["数据平台相关问题", "通用问题", "无关问题"]
 
@@ -165,6 +168,20 @@ def test_adapter_false_answers_with_the_base_model(client):
     whole = {"messages": prompt, "max_tokens": 40, "adapter": False}
     reply = client.post("/v1/chat/completions", json=whole, headers=AUTH).json()
     assert reply["choices"][0]["message"]["content"] == base_answer.strip()
+
+
+def test_a_conversation_the_chat_template_refuses_is_400(base, tiny_model_dir, tmp_path):
+    tokenizer = copy.deepcopy(base.tokenizer)
+    tokenizer.chat_template = builtin_template("gemma")  # roles must alternate user/model
+    predictor = Predictor(base.model, tokenizer, base.registry, precision=base.precision)
+    config = ServeConfig(model=str(tiny_model_dir), workspace=str(tmp_path), precision="fp32")
+    with TestClient(create_app(predictor, config)) as c:
+        twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        r = c.post("/v1/chat/completions", json={"messages": twice, "max_tokens": 2})
+        assert r.status_code == 400, r.text
+        assert error(r)["param"] == "messages" and "must alternate" in error(r)["message"]
+        once = {"messages": twice[:1], "max_tokens": 2}
+        assert c.post("/v1/chat/completions", json=once).status_code == 200
 
 
 def test_adapter_false_without_an_adapter_is_400(base, tiny_model_dir, tmp_path):

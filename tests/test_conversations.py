@@ -104,6 +104,8 @@ def test_a_long_conversation_loses_its_oldest_exchanges(tiny_model_dir, tmp_path
     fits = max(len(e.input_ids) for e in encode_conversation(tok, shorter))
     encoded, report = encode_records(tok, records, fits)
     assert report.truncated == [f"{path}:1"]
+    assert (report.records, report.samples) == (1, len(encoded))
+    assert report.summary(fits).startswith(f"{len(encoded)} samples encoded")
     assert [e.input_ids for e in encoded] == [
         e.input_ids for e in encode_conversation(tok, shorter)
     ]

@@ -47,15 +47,19 @@ class Encoded:
 class EncodeReport:
     """What the over-length policy did; reported to the user, never silent."""
 
-    total: int = 0
+    records: int = 0
+    samples: int = 0  # a conversation trained turn by turn gives one sample per assistant turn
     truncated: list[str] = field(default_factory=list)
 
     def summary(self, max_length: int) -> str:
+        encoded = f"{self.samples} samples encoded" + (
+            f" from {self.records} records" if self.samples != self.records else ""
+        )
         if not self.truncated:
-            return f"{self.total} samples encoded, none longer than max_length={max_length}"
+            return f"{encoded}, none longer than max_length={max_length}"
         shown = ", ".join(self.truncated[:10]) + (" ..." if len(self.truncated) > 10 else "")
         return (
-            f"{self.total} samples encoded; {len(self.truncated)} longer than "
+            f"{encoded}; {len(self.truncated)} records longer than "
             f"max_length={max_length} were shortened (a record's input loses its tail, a "
             f"conversation its oldest exchanges; answers kept whole): {shown}"
         )
@@ -177,7 +181,7 @@ def encode_records(
     conversation loses its oldest exchanges (its system turn stays); either is counted in the
     report. A sample whose (last) answer cannot fit at all is an error naming its file and line.
     """
-    encoded, problems, report = [], [], EncodeReport(total=len(records))
+    encoded, problems, report = [], [], EncodeReport(records=len(records))
     for record in records:
         found = encode_sample(tokenizer, record, loss_on)
         longest = max(found, key=lambda e: len(e.input_ids))
@@ -206,6 +210,7 @@ def encode_records(
         encoded.extend(found)
     if problems:
         raise DataError(problems)
+    report.samples = len(encoded)
     if report.truncated:
         log.warning(report.summary(max_length))
     return encoded, report

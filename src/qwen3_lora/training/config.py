@@ -151,22 +151,12 @@ class TrainConfig:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.epochs <= 0 and self.max_steps <= 0:
             problems.append("epochs must be > 0 (or set max_steps)")
-        if self.precision not in PRECISIONS:
-            problems.append(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.loss_on not in LOSS_ON:
-            problems.append(f"loss_on must be one of {', '.join(LOSS_ON)}, got {self.loss_on!r}")
-        if self.attention not in ATTENTIONS:
-            problems.append(
-                f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
-            )
-        if self.torch_compile not in COMPILES:
-            problems.append(
-                f"torch_compile must be one of {', '.join(COMPILES)}, got {self.torch_compile!r}"
-            )
-        if self.hub not in HUBS:
-            problems.append(f"hub must be huggingface or modelscope, got {self.hub!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(
+                    f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
         if self.quantization not in (None, "4bit"):
             problems.append(f"quantization must be '4bit' or unset, got {self.quantization!r}")
         if self.chat_template and (problem := spec_problem(self.chat_template)):

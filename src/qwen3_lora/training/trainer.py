@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from ..files import atomic_write_text
 from ..models.loading import Precision
@@ -20,6 +21,29 @@ class TokenCounter:
 
     def __init__(self):
         self.seen = 0
+
+
+class ShuffledLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length grouping with the groups of one optimizer step in random order.
+
+    `LengthGroupedSampler` sorts each mega-batch (up to 50 steps' samples) by length, longest
+    first, and yields the steps in that order: every mega-batch sweeps from the longest samples to
+    the shortest. When the tasks differ in answer length that is a run of steps of one task after
+    another (QA answers, then file names, then one-word labels), and each run pulls the model
+    towards its own task: a model whose last steps were label steps answers a QA prompt with a
+    label. Here the steps keep their length-grouped samples (little padding) but come in a random
+    order, the longest one still first (an out-of-memory error shows at once).
+    """
+
+    def __iter__(self):
+        indices = get_length_grouped_indices(
+            self.lengths, self.batch_size, generator=self.generator
+        )
+        steps = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        # A short last step stays last: anywhere else it would shift every later step's samples.
+        tail = len(steps) - (len(steps[-1]) < self.batch_size)
+        order = (torch.randperm(max(tail - 1, 0), generator=self.generator) + 1).tolist()
+        return iter([i for k in [0, *order, *range(tail, len(steps))] for i in steps[k]])
 
 
 class LoraTrainer(Trainer):
@@ -34,6 +58,15 @@ class LoraTrainer(Trainer):
         self.tokens = tokens
         # Our loss divides by the batch's supervised-token count, so gradient accumulation is exact.
         self.model_accepts_loss_kwargs = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return ShuffledLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=[len(item["input_ids"]) for item in dataset],
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
