@@ -25,7 +25,6 @@ from qwen3_lora.deploy.serve.console.routes import STATIC_DIR
 from qwen3_lora.deploy.serve.main import adapter_loader
 from qwen3_lora.deploy.serve.settings import config_from_arguments
 from qwen3_lora.inference.predictor import Predictor
-from qwen3_lora.prompt.chat_templates import builtin_template
 
 SCENE_LABELS = ["数据平台相关问题", "通用问题", "无关问题"]
 
@@ -170,9 +169,17 @@ def test_adapter_false_answers_with_the_base_model(client):
     assert reply["choices"][0]["message"]["content"] == base_answer.strip()
 
 
+REFUSE_REPEATED_ROLES = (
+    "{%- for m in messages %}{%- if not loop.first and m['role'] == messages[loop.index0 - 1]"
+    "['role'] %}{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    "{%- endif %}{%- endfor %}"
+)
+
+
 def test_a_conversation_the_chat_template_refuses_is_400(base, tiny_model_dir, tmp_path):
     tokenizer = copy.deepcopy(base.tokenizer)
-    tokenizer.chat_template = builtin_template("gemma")  # roles must alternate user/model
+    # The tiny model's own template, refusing what Gemma's refuses: two turns of one role.
+    tokenizer.chat_template = REFUSE_REPEATED_ROLES + tokenizer.chat_template
     predictor = Predictor(base.model, tokenizer, base.registry, precision=base.precision)
     config = ServeConfig(model=str(tiny_model_dir), workspace=str(tmp_path), precision="fp32")
     with TestClient(create_app(predictor, config)) as c:
