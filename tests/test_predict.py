@@ -273,3 +273,25 @@ def test_the_lm_head_is_never_copied_with_frozen_weights(tuned):
         assert _head_copies(tuned, run) == [], name
         with tuned.without_adapter():
             assert _head_copies(tuned, run) == [], f"{name} without the adapter"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_lean_lora_forward_computes_exactly_what_peft_computes(memorised_adapter, precision):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    predictor = Predictor.load(adapter=str(memorised_adapter), precision=precision)
+    layers = [m for m in predictor.model.modules() if type(m) is LoraLinear]
+    assert layers and all("forward" in m.__dict__ for m in layers)  # every one on the lean path
+    ids = torch.tensor([predictor.prompt_ids(s["task"], s["input"])[:8] for s in MEMORISE[:3]])
+    with torch.no_grad():
+        lean = predictor.model(input_ids=ids).logits
+        with predictor.without_adapter():  # disabled adapters take PEFT's own path
+            base_lean = predictor.model(input_ids=ids).logits
+        for layer in layers:
+            del layer.forward  # back to PEFT's lora.Linear.forward
+        peft = predictor.model(input_ids=ids).logits
+        with predictor.without_adapter():
+            base_peft = predictor.model(input_ids=ids).logits
+    assert torch.equal(lean, peft)
+    assert torch.equal(base_lean, base_peft)
+    assert not torch.equal(lean, base_lean)
