@@ -155,15 +155,12 @@ def tiny_arch_folder(tmp_path_factory, tiny_model_dir):
             return done[kind]
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
+        from qwen3_lora.models.tiny import ARCHITECTURES, TINY_NAME
+
         tok = AutoTokenizer.from_pretrained(tiny_model_dir)
         shape = dict(
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
+            **ARCHITECTURES[TINY_NAME],
             bos_token_id=None,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
@@ -172,7 +169,6 @@ def tiny_arch_folder(tmp_path_factory, tiny_model_dir):
             model = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, **shape))
         else:
             config = Gemma3TextConfig(
-                head_dim=16,
                 query_pre_attn_scalar=16,
                 sliding_window=8,
                 layer_types=["sliding_attention", "full_attention"],
@@ -219,6 +215,7 @@ def tiny_gemma3_gguf(tmp_path_factory) -> Path:
 
     from qwen3_lora.deploy.export.architectures import add_hyperparameters, model_tensors
     from qwen3_lora.deploy.export.gguf_file import gguf_module, write_gguf
+    from qwen3_lora.models.tiny import ARCHITECTURES, TINY_NAME
 
     gguf = gguf_module()
     tokens = _gemma_style_vocabulary()
@@ -233,16 +230,10 @@ def tiny_gemma3_gguf(tmp_path_factory) -> Path:
     ]
     config = Gemma3TextConfig(
         vocab_size=len(tokens),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        **ARCHITECTURES[TINY_NAME],
         query_pre_attn_scalar=16,
         sliding_window=64,
         layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=2048,
         pad_token_id=ids["<pad>"],
         bos_token_id=ids["<bos>"],
         eos_token_id=ids["<eos>"],

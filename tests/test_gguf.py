@@ -43,13 +43,11 @@ needs_gguf = pytest.mark.skipif(
 )
 
 
-@needs_gguf
-def test_gguf_base_trains_saves_and_reloads(tmp_path, memorise_file):
-    out = tmp_path / "adapter"
+def _train_and_reload(out: Path, memorise_file: Path, architecture: str, **config):
+    """Train 3 steps on a GGUF base, check what was saved, and reload the base from the .gguf
+    path the adapter records, with the adapter through plain PEFT: the model, and that path."""
     result = train(
         TrainConfig(
-            base_model=str(GGUF.parent),
-            gguf_file=GGUF.name,
             output_dir=str(out),
             data=[str(memorise_file)],
             builtin_data=False,
@@ -59,21 +57,32 @@ def test_gguf_base_trains_saves_and_reloads(tmp_path, memorise_file):
             grad_accum=1,
             report_to=["none"],
             precision="fp32",
-            target_modules=["q_proj", "v_proj"],
             eval_each_epoch=False,
+            **config,
         )
     )
     assert result.optimizer_steps == 3
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(GGUF)
     weights = load_file(out / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
-
-    # Reload: the base from the recorded .gguf path, the adapter through plain PEFT.
     base = load_base_model(adapter["base_model_name_or_path"], dtype=torch.float32)
-    assert type(base).__name__ == "LlamaForCausalLM"
+    assert type(base).__name__ == architecture
     assert not getattr(base, "is_quantized", False) and base.hf_quantizer is None
-    model = PeftModel.from_pretrained(base, out).eval()
+    return PeftModel.from_pretrained(base, out).eval(), adapter["base_model_name_or_path"]
+
+
+@needs_gguf
+def test_gguf_base_trains_saves_and_reloads(tmp_path, memorise_file):
+    out = tmp_path / "adapter"
+    model, recorded = _train_and_reload(
+        out,
+        memorise_file,
+        "LlamaForCausalLM",
+        base_model=str(GGUF.parent),
+        gguf_file=GGUF.name,
+        target_modules=["q_proj", "v_proj"],
+    )
+    assert recorded == str(GGUF)
     tokenizer = load_tokenizer(str(GGUF))
     ids = tokenizer("Hello", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -85,32 +94,15 @@ def test_gemma3_gguf_trains_with_the_gemma_template_saves_and_reloads(
     tmp_path, memorise_file, tiny_gemma3_gguf
 ):
     out = tmp_path / "adapter"
-    result = train(
-        TrainConfig(
-            base_model=str(tiny_gemma3_gguf),
-            chat_template="gemma",
-            output_dir=str(out),
-            data=[str(memorise_file)],
-            builtin_data=False,
-            eval_data=[str(memorise_file)],
-            max_steps=3,
-            batch_size=2,
-            grad_accum=1,
-            learning_rate=1e-2,
-            report_to=["none"],
-            precision="fp32",
-            eval_each_epoch=False,
-        )
+    model, recorded = _train_and_reload(
+        out,
+        memorise_file,
+        "Gemma3ForCausalLM",
+        base_model=str(tiny_gemma3_gguf),
+        chat_template="gemma",
+        learning_rate=1e-2,
     )
-    assert result.optimizer_steps == 3
-    adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(tiny_gemma3_gguf)
-    weights = load_file(out / "adapter_model.safetensors")
-    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
-
-    base = load_base_model(adapter["base_model_name_or_path"], dtype=torch.float32)
-    assert type(base).__name__ == "Gemma3ForCausalLM" and base.hf_quantizer is None
-    model = PeftModel.from_pretrained(base, out).eval()
+    assert recorded == str(tiny_gemma3_gguf)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == builtin_template("gemma")
     prompt = render_prompt(tokenizer, "问题回答", "数据清洗流程")

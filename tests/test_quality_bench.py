@@ -39,6 +39,18 @@ needs_gguf = pytest.mark.skipif(
 )
 
 
+FILES = {
+    "quality.json",
+    "quality.md",
+    "report.json",
+    "report.md",
+    "report.png",
+    "predictions.jsonl",
+    "train_config.yaml",
+    "train_metrics.jsonl",
+}
+
+
 @needs_gguf
 def test_smoke_run_writes_the_report(tmp_path):
     results, work = tmp_path / "results", tmp_path / "work"
@@ -55,16 +67,7 @@ def test_smoke_run_writes_the_report(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = results.iterdir()
     assert run.name.startswith("quality-smoke-")
-    assert {p.name for p in run.iterdir()} == {
-        "quality.json",
-        "quality.md",
-        "report.json",
-        "report.md",
-        "report.png",
-        "predictions.jsonl",
-        "train_config.yaml",
-        "train_metrics.jsonl",
-    }
+    assert {p.name for p in run.iterdir()} == FILES
     assert not (results / "QUALITY.md").exists()  # only a full run updates the latest table
 
     summary = json.loads((run / "quality.json").read_text("utf-8"))
@@ -92,18 +95,6 @@ def test_smoke_run_writes_the_report(tmp_path):
     assert "smoke run" in done.stdout
     # The work folder holds the adapter; a second run may replace it, nothing else.
     assert (work / run.name / "adapter" / "adapter_config.json").is_file()
-
-
-FILES = {
-    "quality.json",
-    "quality.md",
-    "report.json",
-    "report.md",
-    "report.png",
-    "predictions.jsonl",
-    "train_config.yaml",
-    "train_metrics.jsonl",
-}
 
 
 @pytest.fixture

@@ -29,8 +29,19 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 CHAT = "chat"  # how a conversation without a task is counted
 
 
+class _Located:
+    """A sample read from `file` at `line`."""
+
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
 @dataclass(frozen=True)
-class Record:
+class Record(_Located):
     task: str
     input: str
     output: str
@@ -39,17 +50,13 @@ class Record:
     id: str | None = None
 
     @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-    @property
     def group(self) -> str:
         """What the sample is counted under in statistics: its task."""
         return self.task
 
 
 @dataclass(frozen=True)
-class Conversation:
+class Conversation(_Located):
     """A chat sample: (role, content) turns, system/user/assistant, ending with the assistant."""
 
     turns: tuple[tuple[str, str], ...]
@@ -57,10 +64,6 @@ class Conversation:
     file: str = ""
     line: int = 0
     id: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
 
     @property
     def messages(self) -> list[dict]:
