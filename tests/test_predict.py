@@ -276,12 +276,20 @@ def test_the_lm_head_is_never_copied_with_frozen_weights(tuned):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_lean_lora_forward_computes_exactly_what_peft_computes(memorised_adapter, precision):
+@pytest.mark.parametrize("scaling", [None, 3.0], ids=["alpha-over-r", "not-a-power-of-two"])
+def test_the_lean_lora_forward_computes_exactly_what_peft_computes(
+    memorised_adapter, precision, scaling
+):
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     predictor = Predictor.load(adapter=str(memorised_adapter), precision=precision)
     layers = [m for m in predictor.model.modules() if type(m) is LoraLinear]
     assert layers and all("forward" in m.__dict__ for m in layers)  # every one on the lean path
+    for layer in layers:
+        if scaling is None:  # the recipe's alpha / r: a power of two, folded into the rank-r side
+            assert all(s in (0.5, 1.0, 2.0, 4.0, 8.0) for s in layer.scaling.values())
+        else:  # such as rsLoRA's alpha / sqrt(r): PEFT's own order
+            layer.scaling = dict.fromkeys(layer.scaling, scaling)
     ids = torch.tensor([predictor.prompt_ids(s["task"], s["input"])[:8] for s in MEMORISE[:3]])
     with torch.no_grad():
         lean = predictor.model(input_ids=ids).logits

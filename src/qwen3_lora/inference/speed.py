@@ -13,15 +13,23 @@ model merged in memory), behind one call that the Predictor makes: `speed_up`.
 It computes exactly what `nn.Linear` computes (tests/test_predict.py).
 
 - `lean_lora_forward`: the forward of a PEFT LoRA linear layer in the one state inference uses
-  (one plain LoRA adapter active, not merged, no dropout): the same operations in the same order
-  and dtypes as PEFT's `lora.Linear.forward`, without its per-call bookkeeping (argument checks,
-  the adapter loop, four sub-module calls). A model has one such layer per target module and
-  layer (196 in Qwen3-0.6B), each called at every forward, so that bookkeeping is most of what an
-  adapter adds to a short forward. In any other state (adapters disabled for the base model,
-  merged, several active, a LoRA variant, training) the layer runs PEFT's own forward.
+  (one plain LoRA adapter active, not merged, no dropout), computing exactly what PEFT's
+  `lora.Linear.forward` computes without its per-call bookkeeping (argument checks, the adapter
+  loop, four sub-module calls) and with fewer passes over the layer's output. PEFT makes three
+  fp32 tensors as wide as the output (B's product, its scaled copy, the sum with the base's
+  output) before casting back; at the widths of an MLP those passes over memory, not the rank-r
+  matmuls, are what an adapter adds. Here the scaling goes on the rank-r product instead, and
+  the base output is added in place: the same values, because a power-of-two scaling (PEFT's
+  default alpha / r with both powers of two) commutes with rounding and an IEEE add with its
+  operands swapped is the same add. Any other scaling keeps PEFT's order, in place. A model has
+  one such layer per target module and layer (196 in Qwen3-0.6B), each called at every forward.
+  In any other state (adapters disabled for the base model, merged, several active, a LoRA
+  variant, training) the layer runs PEFT's own forward.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -71,10 +79,19 @@ def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     base = self.base_layer
     result = torch.nn.functional.linear(x, base.weight, base.bias)
     a = self.lora_A[name].weight
-    lora = torch.nn.functional.linear(
-        torch.nn.functional.linear(x.to(a.dtype), a), self.lora_B[name].weight
-    )
-    return (result + lora * self.scaling[name]).to(result.dtype)
+    scaling = self.scaling[name]
+    down = torch.nn.functional.linear(x.to(a.dtype), a)
+    if _is_power_of_two(scaling):
+        lora = torch.nn.functional.linear(down.mul_(scaling), self.lora_B[name].weight)
+    else:
+        lora = torch.nn.functional.linear(down, self.lora_B[name].weight).mul_(scaling)
+    if lora.dtype != torch.promote_types(lora.dtype, result.dtype):  # LoRA narrower than base
+        return (result + lora).to(result.dtype)
+    return lora.add_(result).to(result.dtype)
+
+
+def _is_power_of_two(value: float) -> bool:
+    return value > 0 and math.frexp(value)[0] == 0.5
 
 
 def lean_lora_layers(model) -> int:

@@ -1,2 +1,2 @@
 """LoRA training: the config, the loss, the Trainer and its callbacks, and `train()` itself.
-The CPU speed paths live in `training.cpu`, behind one call (`cpu.speed_up`)."""
+The speed paths live in `training.speed`, behind one call (`speed.speed_up`)."""
