@@ -17,14 +17,14 @@ It computes exactly what `nn.Linear` computes (tests/test_predict.py).
   `lora.Linear.forward` computes without its per-call bookkeeping (argument checks, the adapter
   loop, four sub-module calls) and with fewer passes over the layer's output. PEFT makes three
   fp32 tensors as wide as the output (B's product, its scaled copy, the sum with the base's
-  output) before casting back; at the widths of an MLP those passes over memory, not the rank-r
-  matmuls, are what an adapter adds. Here the scaling goes on the rank-r product instead, and
-  the base output is added in place: the same values, because a power-of-two scaling (PEFT's
-  default alpha / r with both powers of two) commutes with rounding and an IEEE add with its
-  operands swapped is the same add. Any other scaling keeps PEFT's order, in place. A model has
-  one such layer per target module and layer (196 in Qwen3-0.6B), each called at every forward.
-  In any other state (adapters disabled for the base model, merged, several active, a LoRA
-  variant, training) the layer runs PEFT's own forward.
+  output) and a cast back; at the widths of an MLP those passes over memory, not the rank-r
+  matmuls, are what an adapter adds. Here the scaling goes on the rank-r product instead (the
+  same values: a power-of-two scaling, PEFT's default alpha / r with both powers of two,
+  commutes with rounding; any other keeps PEFT's order), and B's product is added to the base
+  output in place, summed in fp32 and cast in the same pass. A model has one such layer per
+  target module and layer (196 in Qwen3-0.6B), each called at every forward. In any other state
+  (adapters disabled for the base model, merged, several active, a LoRA variant, training) the
+  layer runs PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         lora = torch.nn.functional.linear(down.mul_(scaling), self.lora_B[name].weight)
     else:
         lora = torch.nn.functional.linear(down, self.lora_B[name].weight).mul_(scaling)
-    if lora.dtype != torch.promote_types(lora.dtype, result.dtype):  # LoRA narrower than base
-        return (result + lora).to(result.dtype)
-    return lora.add_(result).to(result.dtype)
+    # In place, the sum is computed in the promoted dtype and cast to the result's: PEFT's
+    # `(result + lora).to(result.dtype)` in one pass.
+    return result.add_(lora)
 
 
 def _is_power_of_two(value: float) -> bool:
