@@ -13,8 +13,10 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -249,6 +251,12 @@ def write_result(path: Path, report: dict) -> Path:
 def write_text(path: Path, text: str) -> Path:
     atomic_write_text(path, text)
     return path
+
+
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The command a result records: `python -m <module>` and the arguments it was given
+    (`argv`, else this process's), so that a partial or tuned run never reads as the plain one."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def result_name(kind: str = "", smoke: bool = False) -> str:

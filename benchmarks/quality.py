@@ -40,7 +40,6 @@ import logging
 import os
 import platform
 import random
-import shlex
 import shutil
 import socket
 import sys
@@ -54,6 +53,7 @@ import torch
 import yaml
 
 from benchmarks.common import (
+    command_line,
     commit,
     load_average,
     machine,
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         skip_base=args.skip_base,
         notes=args.note,
-        command=shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)]),
+        command=command_line("benchmarks.quality", argv),
     )
     print(render_quality_markdown(summary))
     print(f"written: {summary['output_dir']}")

@@ -254,7 +254,7 @@ def run(args) -> dict:
     prompt_tokens = [len(q["prompt_ids"]) for q in plan["queries"]]
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.runtimes" + (" --smoke" if args.smoke else ""),
+        "command": common.command_line("benchmarks.runtimes", args.argv),
         "load_average": common.load_average(),
         "threads": threads,
         "model": model,
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     for hidden in ("--worker", "--folder", "--plan", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.worker:
         return worker(args)
     if args.render:

@@ -45,8 +45,31 @@ def test_smoke_measures_an_epoch_peaks_and_inference(smoke):
         assert inference[f"{key}_b1"] > 0 and inference[f"{key}_b8"] > 0
     assert set(report["targets"]) == {"speedup", "util_bf16", "peak_rss_gb", "three_epochs_min"}
     assert report["load_average_start"] and report["machine"]["torch"]
+    assert report["mode"] == "smoke" and report["skipped_phases"] == []
+    assert report["command"].startswith("python -m benchmarks.train_speed --smoke --out ")
     # The Markdown table is printed.
     assert "| useful (non-pad) tokens/s |" in stdout and "| label scoring, ms per query |" in stdout
+
+
+def test_a_partial_run_says_so_and_never_renders_the_published_tables(smoke, tmp_path):
+    from benchmarks.train_speed.__main__ import main, parse_args
+
+    args = parse_args(["--no-trl", "--no-epoch", "--inference-rounds", "3"])
+    assert args.skipped == ["trl", "epoch"] and parse_args([]).skipped == []
+    report, _ = smoke
+    markers = (
+        "<!-- benchmarks:train_speed:start -->\nSTALE TABLE\n<!-- benchmarks:train_speed:end -->\n"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(markers, "utf-8")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({**report, "mode": "partial"}), "utf-8")
+    assert main(["--render", str(partial), "--readme", str(readme)]) == 2
+    assert readme.read_text("utf-8") == markers and not (tmp_path / "LATEST.md").exists()
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({**report, "mode": "full"}), "utf-8")
+    assert main(["--render", str(full), "--readme", str(readme)]) == 0
+    assert "STALE TABLE" not in readme.read_text("utf-8") and (tmp_path / "LATEST.md").exists()
 
 
 def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):

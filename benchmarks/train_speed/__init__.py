@@ -39,7 +39,10 @@ round-robin), `phases` (a run, phase by phase; the ablation run), `figures` (win
 figures), `report` and `tables` (Markdown), `__main__` (the command line).
 
 Writes benchmarks/results/<date>-<host>.json and, for full runs, LATEST.md and the README's
-training-speed and inference blocks (`--render FILE` renders both again); prints the tables.
+training-speed and inference blocks (`--render FILE` renders both again); prints the tables. A
+run that skips a phase (`--no-trl`, `--no-epoch`, `--no-inference`) is partial: it says so in its
+`mode`, `skipped_phases` and `command` (the arguments it was given), is written as
+`<date>-<host>-partial.json` and publishes nothing.
 """
 
 from benchmarks.common import go_offline

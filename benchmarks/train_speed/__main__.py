@@ -75,6 +75,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # A tiny model gains nothing from threads, and on a busy machine two threads per
         # process wait on each other at every one of its thousands of small ops.
         args.threads = 1
+    args.argv = argv
+    # The phases left out: such a run is partial, and a partial run publishes nothing.
+    args.skipped = [
+        phase
+        for phase, skip in (
+            ("trl", args.no_trl),
+            ("epoch", args.no_epoch),
+            ("inference", args.no_inference),
+        )
+        if skip
+    ]
     return args
 
 
@@ -91,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         report = json.loads(args.render.read_text("utf-8"))
+        if report.get("mode") != "full":
+            print(
+                f"{args.render}: a {report.get('mode')} run (`{report.get('command')}`); only a full"
+                " run renders LATEST.md and the README's tables",
+                file=sys.stderr,
+            )
+            return 2
         write_latest(args.render.parent, report)
         print(markdown(report))
         _render_readme(args, report, args.render)
@@ -105,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     report = run(args)
-    path = write_result(args.out / result_name(smoke=args.smoke), report)
-    if not args.smoke:
+    kind = "partial" if args.skipped else ""
+    path = write_result(args.out / result_name(kind, smoke=args.smoke), report)
+    if report["mode"] == "full":
         write_latest(args.out, report)
         _render_readme(args, report, path)
+    elif not args.smoke:
+        print(f"skipped {', '.join(args.skipped)}: LATEST.md and the README keep the last full run")
     print()
     print(markdown(report))
     print(f"wrote {path} in {report['seconds_total']:.0f} s")

@@ -19,6 +19,7 @@ from benchmarks.common import (
     TINY,
     build_model_folder,
     build_tokenizer,
+    command_line,
     commit,
     load_average,
     machine,
@@ -206,8 +207,9 @@ def run(args) -> dict:
     from qwen3_lora.training.config import TrainConfig
 
     started = time.perf_counter()
-    report = _header(args, "smoke" if args.smoke else "full")
-    report["command"] = "python -m benchmarks.train_speed" + (" --smoke" if args.smoke else "")
+    report = _header(args, "smoke" if args.smoke else "partial" if args.skipped else "full")
+    report["command"] = command_line("benchmarks.train_speed", args.argv)
+    report["skipped_phases"] = args.skipped
     if args.threads:
         torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="train-speed-"))
