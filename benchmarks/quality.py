@@ -79,7 +79,6 @@ from qwen3_lora.training.train import CONFIG_FILE, METRICS_FILE, train
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORK_DIR = Path("outputs/quality-bench")
 MARKER = ".quality-bench"  # the benchmark only ever deletes a folder holding this file
-COMMAND = "python -m benchmarks.quality"
 # A smoke run checks that every stage works, not the quality.
 SMOKE_RECIPE: dict = {
     "max_steps": 2,
@@ -500,7 +499,7 @@ def run(
         "smoke": smoke,
         "split": "dev" if dev else "held-out",
         "dev": split,
-        "command": command or COMMAND + (" --smoke" if smoke else ""),
+        "command": command or command_line("benchmarks.quality", ["--smoke"] if smoke else []),
         "host": host,
         "resolved": resolved,
         "changed": changed,

@@ -55,7 +55,8 @@ def test_a_partial_run_says_so_and_never_renders_the_published_tables(smoke, tmp
     from benchmarks.train_speed.__main__ import main, parse_args
 
     args = parse_args(["--no-trl", "--no-epoch", "--inference-rounds", "3"])
-    assert args.skipped == ["trl", "epoch"] and parse_args([]).skipped == []
+    assert args.skipped == ["trl", "epoch"] and args.mode == "partial"
+    assert parse_args([]).skipped == [] and parse_args([]).mode == "full"
     report, _ = smoke
     markers = (
         "<!-- benchmarks:train_speed:start -->\nSTALE TABLE\n<!-- benchmarks:train_speed:end -->\n"

@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
         if skip
     ]
+    args.mode = "smoke" if args.smoke else "partial" if args.skipped else "full"
     return args
 
 
@@ -125,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     kind = "partial" if args.skipped else ""
     path = write_result(args.out / result_name(kind, smoke=args.smoke), report)
-    if report["mode"] == "full":
+    if args.mode == "full":
         write_latest(args.out, report)
         _render_readme(args, report, path)
-    elif not args.smoke:
+    elif args.mode == "partial":
         print(f"skipped {', '.join(args.skipped)}: LATEST.md and the README keep the last full run")
     print()
     print(markdown(report))

@@ -207,7 +207,7 @@ def run(args) -> dict:
     from qwen3_lora.training.config import TrainConfig
 
     started = time.perf_counter()
-    report = _header(args, "smoke" if args.smoke else "partial" if args.skipped else "full")
+    report = _header(args, args.mode)
     report["command"] = command_line("benchmarks.train_speed", args.argv)
     report["skipped_phases"] = args.skipped
     if args.threads:
