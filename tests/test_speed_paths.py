@@ -10,11 +10,13 @@
   (independent Bernoulli(p) drops, kept values scaled by 1/(1-p)), same gradient rule.
 - plain matmul attention for short sequences on CPU vs sdpa: same loss and gradients, with and
   without padding; long sequences and gradient-free calls still go to sdpa.
+- freed heap pages handed back every few optimizer steps, not after each one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -26,6 +28,7 @@ from qwen3_lora.training.config import TrainConfig
 from qwen3_lora.training.loss import causal_lm_loss, chunked_cross_entropy
 from qwen3_lora.training.speed import attention
 from qwen3_lora.training.speed.dropout import PackedBitsDropout
+from qwen3_lora.training.speed.memory import TrimFreedMemory
 from qwen3_lora.training.train import training_model
 
 CPU = torch.device("cpu")
@@ -267,3 +270,19 @@ def test_training_attention_choice():
     assert attention.choose_training_attention(Model("eager"), "auto", CPU) == "eager"
     assert attention.choose_training_attention(Model("sdpa"), "sdpa", CPU) == "sdpa"
     assert attention.choose_training_attention(Model("sdpa"), "eager", cuda) == "eager"
+
+
+def test_memory_is_trimmed_every_few_optimizer_steps():
+    calls = []
+    trimmer = TrimFreedMemory(calls.append, every=3)
+    for step in range(1, 10):
+        trimmer.on_step_end(None, types.SimpleNamespace(global_step=step), None)
+    assert calls == [0, 0, 0]  # after steps 3, 6 and 9
+    every = TrainConfig().trim_every
+    real = TrimFreedMemory.create(every)
+    if real is not None:  # glibc: the real call runs and returns
+        for step in range(1, every + 1):
+            real.on_step_end(None, types.SimpleNamespace(global_step=step), None)
+    with pytest.raises(ValueError, match="at least 1"):
+        TrimFreedMemory(calls.append, every=0)
+    assert "trim_every must be > 0, got 0" in TrainConfig(trim_every=0).validate()

@@ -115,9 +115,15 @@ class TrainConfig:
     )
     trim_memory: bool = _f(
         True,
-        "on CPU, return freed heap pages to the OS after each optimizer step (glibc malloc_trim):"
-        " a lower peak for a little speed (--no-trim-memory: faster, more memory)",
+        "on CPU, return freed heap pages to the OS every few optimizer steps (glibc"
+        " malloc_trim): a lower peak for a little speed (--no-trim-memory: faster, more memory)",
     )
+    # A trim hands back every free page and the next step faults back the ones it needs: after
+    # every step that is a sizeable share of a CPU step, while the resident size creeps up only
+    # slowly between trims. Every few steps keeps most of the lower peak at a fraction of the
+    # cost (every step, every 4 and never, interleaved: the trim ablation in
+    # benchmarks/results/LATEST.md).
+    trim_every: int = _f(4, "with --trim-memory, optimizer steps between two trims")
     # Logging and checkpoints
     logging_steps: int = _f(1, "log loss/lr/tokens-per-second every N optimizer steps")
     save_steps: int = _f(0, "checkpoint every N steps (0: at the end of each epoch)")
@@ -139,6 +145,7 @@ class TrainConfig:
             "batch_size",
             "grad_accum",
             "logging_steps",
+            "trim_every",
         )
         for name in positive:
             if getattr(self, name) <= 0:

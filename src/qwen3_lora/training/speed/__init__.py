@@ -5,7 +5,7 @@
 - `dropout`: LoRA dropout masks that are cheaper to draw on CPU than `nn.Dropout`'s;
 - `compiled`: the decoder layers compiled once with dynamic shapes, where a run is long enough
   to repay the compile;
-- `memory`: freed heap pages handed back to the OS after each optimizer step on CPU.
+- `memory`: freed heap pages handed back to the OS every few optimizer steps on CPU.
 
 Each keeps the loss and every gradient equal to the plain path's (tests/test_speed_paths.py,
 tests/test_compiled.py); what each buys is measured in benchmarks/results/LATEST.md.
@@ -61,6 +61,10 @@ def speed_up(model, config, device: torch.device, *, train_flops: float, world_s
     else:
         log.info("decoder layers not compiled: %s", why)
     paths = SpeedPaths(attention, why)
-    if config.trim_memory and device.type == "cpu" and (trimmer := TrimFreedMemory.create()):
+    if (
+        config.trim_memory
+        and device.type == "cpu"
+        and (trimmer := TrimFreedMemory.create(config.trim_every))
+    ):
         paths.callbacks.append(trimmer)
     return paths
