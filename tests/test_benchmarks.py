@@ -133,5 +133,10 @@ def test_smoke_reports_honest_flops_and_inference_with_and_without_adapter(smoke
     assert not base["adapter"] and adapter["adapter"]
     for key in ("score_ms_per_query_b1", "score_ms_per_query_b8", "generate_ms_per_query_b8"):
         assert base[key] > 0 and adapter[key] > 0
+        # Every round is kept; the figure is the best of them.
+        for figures in (base, adapter):
+            assert len(figures["rounds_ms"][key]) == figures["rounds"]
+            assert figures[key] == min(figures["rounds_ms"][key])
     assert "| label scoring, ms per query |" in stdout and "adapter / base" in stdout
+    assert "Adapter / base in each round, lowest to highest: label scoring batch 1 " in stdout
     assert report["commit"]["sha"] and "dirty" in report["commit"]

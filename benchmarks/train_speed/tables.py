@@ -98,7 +98,25 @@ def inference_side_by_side(report: dict) -> list[str]:
             ratio = a / b if "ms" in key else b / a
             cells += [fmt.format(b), fmt.format(a), f"{ratio:.2f}x"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
+    return lines + round_spread(base, adapter)
+
+
+def round_spread(base: dict, adapter: dict) -> list[str]:
+    """The range of adapter / base over the rounds (each round measures the two back to back):
+    how far one run's figures move on this machine. Empty for results without per-round times."""
+    parts = []
+    for label, key in (
+        ("label scoring", "score_ms_per_query"),
+        ("generation", "generate_ms_per_query"),
+    ):
+        for batch in (1, 8):
+            name = f"{key}_b{batch}"
+            if name not in base.get("rounds_ms", {}) or name not in adapter.get("rounds_ms", {}):
+                return []
+            pairs = zip(adapter["rounds_ms"][name], base["rounds_ms"][name], strict=True)
+            ratios = [a / b for a, b in pairs]
+            parts.append(f"{label} batch {batch} {min(ratios):.2f}-{max(ratios):.2f}x")
+    return ["", "Adapter / base in each round, lowest to highest: " + "; ".join(parts) + "."]
 
 
 def inference_table(inf: dict) -> list[str]:

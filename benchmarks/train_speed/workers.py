@@ -198,6 +198,7 @@ def infer(opts: dict, conn) -> dict:
             for name in predictors:
                 ms = timers[name][key]()
                 results[name][key] = min(ms, results[name].get(key, ms))
+                results[name].setdefault("rounds_ms", {}).setdefault(key, []).append(ms)
     for figures in results.values():
         for batch in (1, 8):
             ms = figures[f"generate_ms_per_query_b{batch}"]
