@@ -193,13 +193,14 @@ def infer(opts: dict, conn) -> dict:
                 len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts
             ),
         }
+    for figures in results.values():
+        figures["rounds_ms"] = {key: [] for key in timers["base"]}
     for _ in range(opts.get("rounds", 1)):
         for key in timers["base"]:
             for name in predictors:
-                ms = timers[name][key]()
-                results[name][key] = min(ms, results[name].get(key, ms))
-                results[name].setdefault("rounds_ms", {}).setdefault(key, []).append(ms)
+                results[name]["rounds_ms"][key].append(timers[name][key]())
     for figures in results.values():
+        figures.update({key: min(times) for key, times in figures["rounds_ms"].items()})
         for batch in (1, 8):
             ms = figures[f"generate_ms_per_query_b{batch}"]
             figures[f"generate_tokens_per_s_b{batch}"] = new_tokens / (ms / 1000)
