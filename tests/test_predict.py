@@ -303,3 +303,27 @@ def test_the_lean_lora_forward_computes_exactly_what_peft_computes(
     assert torch.equal(lean, peft)
     assert torch.equal(base_lean, base_peft)
     assert not torch.equal(lean, base_lean)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 26, 208])
+def test_the_lean_lora_forward_is_exact_at_the_widths_and_batches_inference_runs(rows):
+    # BLAS may pick other kernels by shape and thread count; the Qwen3-0.6B MLP's widths at the
+    # row counts of a decode step (1, 8) and of scoring one or eight prompts (26, 208).
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from qwen3_lora.inference.speed import lean_lora_layers
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1)
+    layer = LoraLinear(torch.nn.Linear(1024, 3072, bias=False), "default", config, 8, 32)
+    torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)  # PEFT starts B at zero
+    layer.base_layer.to(torch.bfloat16)
+    layer.eval()
+    x = torch.randn(rows, 1024, dtype=torch.bfloat16)
+    with torch.no_grad():
+        peft = layer(x)
+        assert lean_lora_layers(layer) == 1
+        lean = layer(x)
+    assert lean.dtype == torch.bfloat16
+    assert torch.equal(lean, peft)

@@ -18,13 +18,14 @@ It computes exactly what `nn.Linear` computes (tests/test_predict.py).
   loop, four sub-module calls) and with fewer passes over the layer's output. PEFT makes three
   fp32 tensors as wide as the output (B's product, its scaled copy, the sum with the base's
   output) and a cast back; at the widths of an MLP those passes over memory, not the rank-r
-  matmuls, are what an adapter adds. Here the scaling goes on the rank-r product instead (the
-  same values: a power-of-two scaling, PEFT's default alpha / r with both powers of two,
-  commutes with rounding; any other keeps PEFT's order), and B's product is added to the base
-  output in place, summed in fp32 and cast in the same pass. A model has one such layer per
-  target module and layer (196 in Qwen3-0.6B), each called at every forward. In any other state
-  (adapters disabled for the base model, merged, several active, a LoRA variant, training) the
-  layer runs PEFT's own forward.
+  matmuls, are what an adapter adds. With a power-of-two scaling (PEFT's default alpha / r with
+  both powers of two; it commutes with rounding) one GEMM does all three: it adds the scaled
+  product of B to an fp32 copy of the base output (`addmm_`, beta = 1), which is cast back in
+  place. BLAS completes the rank-r sum before it scales it and adds the output (tested against
+  PEFT), so the values are PEFT's. Any other scaling keeps PEFT's order, in place. A model
+  has one such layer per target module and layer (196 in Qwen3-0.6B), each called at every
+  forward. In any other state (adapters disabled for the base model, merged, several active, a
+  LoRA variant, training) the layer runs PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -80,14 +81,17 @@ def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     result = torch.nn.functional.linear(x, base.weight, base.bias)
     a = self.lora_A[name].weight
     scaling = self.scaling[name]
+    b = self.lora_B[name].weight
     down = torch.nn.functional.linear(x.to(a.dtype), a)
-    if _is_power_of_two(scaling):
-        lora = torch.nn.functional.linear(down.mul_(scaling), self.lora_B[name].weight)
-    else:
-        lora = torch.nn.functional.linear(down, self.lora_B[name].weight).mul_(scaling)
-    # In place, the sum is computed in the promoted dtype and cast to the result's: PEFT's
-    # `(result + lora).to(result.dtype)` in one pass.
-    return result.add_(lora)
+    if not _is_power_of_two(scaling):
+        # In place, the sum is computed in the promoted dtype and cast to the result's: PEFT's
+        # `(result + lora).to(result.dtype)`.
+        return result.add_(torch.nn.functional.linear(down, b).mul_(scaling))
+    # BLAS sums B's product, scales it (alpha) and adds it to a copy of the result in the rank-r
+    # side's dtype (beta = 1): PEFT's three steps in one GEMM, with no tensor of the product alone.
+    total = result.to(down.dtype)
+    total.view(-1, total.shape[-1]).addmm_(down.view(-1, down.shape[-1]), b.t(), alpha=scaling)
+    return total if total is result else result.copy_(total)
 
 
 def _is_power_of_two(value: float) -> bool:
