@@ -138,5 +138,18 @@ def test_smoke_reports_honest_flops_and_inference_with_and_without_adapter(smoke
             assert len(figures["rounds_ms"][key]) == figures["rounds"]
             assert figures[key] == min(figures["rounds_ms"][key])
     assert "| label scoring, ms per query |" in stdout and "adapter / base" in stdout
-    assert "Adapter / base in each round, lowest to highest: label scoring batch 1 " in stdout
+    assert "Adapter / base in each round, median (lowest-highest): label scoring batch 1 " in stdout
     assert report["commit"]["sha"] and "dirty" in report["commit"]
+
+
+def test_the_round_spread_gives_the_median_and_range_of_each_rounds_ratio():
+    from benchmarks.train_speed.tables import round_spread
+
+    keys = [f"{k}_b{b}" for k in ("score_ms_per_query", "generate_ms_per_query") for b in (1, 8)]
+    base = {"rounds_ms": {key: [100.0, 200.0, 100.0] for key in keys}}
+    adapter = {"rounds_ms": {key: [110.0, 260.0, 120.0] for key in keys}}
+    [_, line] = round_spread(base, adapter)
+    # Pairs in turn: 1.10, 1.30, 1.20; the best rounds' ratio (110 / 100) is another figure.
+    assert "label scoring batch 1 1.20x (1.10-1.30x)" in line
+    assert "generation batch 8 1.20x (1.10-1.30x)" in line
+    assert round_spread({}, adapter) == []

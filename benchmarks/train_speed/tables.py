@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from benchmarks.train_speed.figures import supervised_check
 
 
@@ -102,8 +104,10 @@ def inference_side_by_side(report: dict) -> list[str]:
 
 
 def round_spread(base: dict, adapter: dict) -> list[str]:
-    """The range of adapter / base over the rounds (each round measures the two back to back):
-    how far one run's figures move on this machine. Empty for results without per-round times."""
+    """The median and range of adapter / base over the rounds (each round measures the two back
+    to back): how far one run's figures move on this machine, and the ratio of each round's pair,
+    which the machine's slow drifts move less than the ratio of two best rounds taken apart.
+    Empty for results without per-round times."""
     parts = []
     for label, key in (
         ("label scoring", "score_ms_per_query"),
@@ -115,8 +119,11 @@ def round_spread(base: dict, adapter: dict) -> list[str]:
                 return []
             pairs = zip(adapter["rounds_ms"][name], base["rounds_ms"][name], strict=True)
             ratios = [a / b for a, b in pairs]
-            parts.append(f"{label} batch {batch} {min(ratios):.2f}-{max(ratios):.2f}x")
-    return ["", "Adapter / base in each round, lowest to highest: " + "; ".join(parts) + "."]
+            parts.append(
+                f"{label} batch {batch} {statistics.median(ratios):.2f}x"
+                f" ({min(ratios):.2f}-{max(ratios):.2f}x)"
+            )
+    return ["", "Adapter / base in each round, median (lowest-highest): " + "; ".join(parts) + "."]
 
 
 def inference_table(inf: dict) -> list[str]:
