@@ -305,9 +305,12 @@ def test_the_lean_lora_forward_computes_exactly_what_peft_computes(
     assert not torch.equal(lean, base_lean)
 
 
+@pytest.mark.parametrize("out_features", [1024, 3072])
 @pytest.mark.parametrize("rows", [1, 8, 26, 208])
-def test_the_lean_lora_forward_is_exact_at_the_widths_and_batches_inference_runs(rows):
-    # BLAS may pick other kernels by shape and thread count; the Qwen3-0.6B MLP's widths at the
+def test_the_lean_lora_forward_is_exact_at_qwen3_widths_and_the_rows_inference_runs(
+    rows, out_features
+):
+    # BLAS may pick other kernels by shape and thread count: Qwen3-0.6B's layer widths at the
     # row counts of a decode step (1, 8) and of scoring one or eight prompts (26, 208).
     from peft import LoraConfig
     from peft.tuners.lora.layer import Linear as LoraLinear
@@ -316,7 +319,7 @@ def test_the_lean_lora_forward_is_exact_at_the_widths_and_batches_inference_runs
 
     torch.manual_seed(0)
     config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1)
-    layer = LoraLinear(torch.nn.Linear(1024, 3072, bias=False), "default", config, 8, 32)
+    layer = LoraLinear(torch.nn.Linear(1024, out_features, bias=False), "default", config, 8, 32)
     torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)  # PEFT starts B at zero
     layer.base_layer.to(torch.bfloat16)
     layer.eval()
