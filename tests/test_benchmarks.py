@@ -138,6 +138,7 @@ def test_smoke_reports_honest_flops_and_inference_with_and_without_adapter(smoke
             assert len(figures["rounds_ms"][key]) == figures["rounds"]
             assert figures[key] == min(figures["rounds_ms"][key])
     assert "| label scoring, ms per query |" in stdout and "adapter / base" in stdout
+    assert "measured in turns, which goes first alternating by round, best of 1" in stdout
     assert "Adapter / base in each round, median (lowest-highest): label scoring batch 1 " in stdout
     assert report["commit"]["sha"] and "dirty" in report["commit"]
 
@@ -153,3 +154,29 @@ def test_the_round_spread_gives_the_median_and_range_of_each_rounds_ratio():
     assert "label scoring batch 1 1.20x (1.10-1.30x)" in line
     assert "generation batch 8 1.20x (1.10-1.30x)" in line
     assert round_spread({}, adapter) == []
+
+
+def test_inference_rounds_take_turns_in_alternating_order():
+    from benchmarks.train_speed.workers import in_turns
+
+    calls = []
+
+    def timer(name, key):
+        def run():
+            calls.append((name, key))
+            return float(len(calls))
+
+        return run
+
+    timers = {n: {k: timer(n, k) for k in ("score", "generate")} for n in ("base", "adapter")}
+    rounds_ms = in_turns(timers, 3)
+    first = [("base", "score"), ("adapter", "score"), ("base", "generate"), ("adapter", "generate")]
+    second = [
+        ("adapter", "score"),
+        ("base", "score"),
+        ("adapter", "generate"),
+        ("base", "generate"),
+    ]
+    assert calls == first + second + first
+    assert rounds_ms["base"]["score"] == [1.0, 6.0, 9.0]
+    assert rounds_ms["adapter"]["generate"] == [4.0, 7.0, 12.0]

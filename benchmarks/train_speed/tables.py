@@ -86,8 +86,9 @@ def inference_side_by_side(report: dict) -> list[str]:
     lines = [
         f"Inference through `Predictor` ({base['precision']}; {base['queries']} eval queries, "
         f"prompts {base['prompt_tokens_mean']:.0f} tokens on average; the base alone and with "
-        f"a LoRA adapter `train()` wrote, two instances in one process measured in turns, best "
-        f"of {base['rounds']} round(s); adapter / base > 1 means slower with the adapter):",
+        f"a LoRA adapter `train()` wrote, two instances in one process measured in turns"
+        + (", which goes first alternating by round" if base.get("order") == "alternating" else "")
+        + f", best of {base['rounds']} round(s); adapter / base > 1 means slower with the adapter):",
         "",
         "| | base, batch 1 | adapter, batch 1 | adapter / base | base, batch 8 | "
         "adapter, batch 8 | adapter / base |",

@@ -158,10 +158,23 @@ def _measurements(predictor, scene: list[str], prompts: list[str], new_tokens: i
     return found
 
 
+def in_turns(timers: dict[str, dict], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """name -> figure -> one time per round. Each round times every figure of each name back
+    to back, in the opposite order of the round before (base, adapter, then adapter, base, ...),
+    so a drift of the machine's speed within a pair favours neither."""
+    names = list(timers)
+    found = {name: {key: [] for key in timers[name]} for name in names}
+    for round_ in range(rounds):
+        for key in timers[names[0]]:
+            for name in names if round_ % 2 == 0 else reversed(names):
+                found[name][key].append(timers[name][key]())
+    return found
+
+
 def infer(opts: dict, conn) -> dict:
     """Label scoring and generation through `Predictor`, batch 1 and 8: the base model alone and
     with the adapter, loaded as two instances (PEFT injects LoRA in place) and measured in turns
-    (base, adapter, base, ...), the best of `rounds` for each figure."""
+    (`in_turns`), the best of `rounds` for each figure."""
     from qwen3_lora.data.records import load_builtin
     from qwen3_lora.inference.predictor import Predictor
     from qwen3_lora.prompt.render import render_prompt
@@ -189,16 +202,13 @@ def infer(opts: dict, conn) -> dict:
             "adapter": name == "adapter",
             "new_tokens": new_tokens,
             "rounds": opts.get("rounds", 1),
+            "order": "alternating",  # see in_turns
             "prompt_tokens_mean": statistics.mean(
                 len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts
             ),
         }
-    for figures in results.values():
-        figures["rounds_ms"] = {key: [] for key in timers["base"]}
-    for _ in range(opts.get("rounds", 1)):
-        for key in timers["base"]:
-            for name in predictors:
-                results[name]["rounds_ms"][key].append(timers[name][key]())
+    for name, rounds_ms in in_turns(timers, opts.get("rounds", 1)).items():
+        results[name]["rounds_ms"] = rounds_ms
     for figures in results.values():
         figures.update({key: min(times) for key, times in figures["rounds_ms"].items()})
         for batch in (1, 8):
