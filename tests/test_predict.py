@@ -330,3 +330,68 @@ def test_the_lean_lora_forward_is_exact_at_qwen3_widths_and_the_rows_inference_r
         lean = layer(x)
     assert lean.dtype == torch.bfloat16
     assert torch.equal(lean, peft)
+
+
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "rows"),
+    [
+        *(
+            (i, o, r)
+            for i, o in [(1024, 1024), (1024, 3072), (3072, 1024)]
+            for r in (1, 8, 26, 208)
+        ),
+        (1024, 151_936, 1),  # Qwen3-0.6B's LM head at a decode step of one and of eight rows
+        (1024, 151_936, 8),
+    ],
+)
+def test_packed_linear_layers_compute_exactly_what_linear_computes(in_features, out_features, rows):
+    from qwen3_lora.inference.speed import PackedLinear, pack_linears
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
+    x = torch.randn(2, rows, in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        plain = layer(x)
+        assert pack_linears(layer) == 1
+        assert type(layer) is PackedLinear
+        packed = layer(x)
+    assert torch.equal(packed, plain)
+
+
+def test_a_packed_linear_follows_its_weight_and_leaves_gradients_to_linear():
+    from qwen3_lora.inference.speed import pack_linears
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32, dtype=torch.bfloat16)
+    layer.requires_grad_(False)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert pack_linears(layer) == 1
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight.mul_(2)  # changed in place
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        layer.weight.data = torch.randn(32, 64, dtype=torch.bfloat16)  # replaced
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert not torch.equal(before, layer(x))
+    grad_x = x.clone().requires_grad_()
+    layer(grad_x).sum().backward()  # a call that needs gradients takes F.linear
+    assert torch.equal(grad_x.grad, layer.weight.sum(0).expand_as(x))
+
+
+def test_a_predictors_packed_layers_give_the_unpacked_models_logits(memorised_adapter):
+    from qwen3_lora.inference.speed import FoldedLinear, PackedLinear
+
+    predictor = Predictor.load(adapter=str(memorised_adapter), precision="bf16")
+    packed = [m for m in predictor.model.modules() if type(m) is PackedLinear]
+    layers = predictor.model.config.num_hidden_layers
+    assert len(packed) == 7 * layers + 1  # every projection and the LM head
+    ids = torch.tensor([predictor.prompt_ids(s["task"], s["input"])[:8] for s in MEMORISE[:3]])
+    with torch.no_grad():
+        runs = [predictor.model(input_ids=ids).logits]
+        with predictor.without_adapter():
+            runs.append(predictor.model(input_ids=ids).logits)
+        for module in packed:
+            module.__class__ = FoldedLinear  # F.linear on the dense weight, as unpacked
+        assert torch.equal(predictor.model(input_ids=ids).logits, runs[0])
+        with predictor.without_adapter():
+            assert torch.equal(predictor.model(input_ids=ids).logits, runs[1])

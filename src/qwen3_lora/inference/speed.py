@@ -12,6 +12,17 @@ model merged in memory), behind one call that the Predictor makes: `speed_up`.
 
 It computes exactly what `nn.Linear` computes (tests/test_predict.py).
 
+- `PackedLinear`: on CPU, a bf16 linear layer (the decoder's projections and the LM head)
+  multiplies on a copy of its weight packed once into oneDNN's blocked layout. `F.linear` hands
+  oneDNN the weight in torch's row-major layout and oneDNN reorders it on every call: at the one
+  to eight rows of a decode step that reorder, a pass over every weight of the model per token,
+  costs about as much as the matmul itself. The packed matmul is the same oneDNN kernel on the
+  same values, so its outputs are `F.linear`'s bit for bit (tests/test_predict.py). The dense
+  weight stays (the embedding shares the LM head's, and merging or exporting read them), so the
+  packed copies cost one more copy of those weights in memory; a layer whose weight was replaced
+  or changed in place since it was packed packs it again, and calls that need gradients, or an
+  input of another dtype, take `F.linear`.
+
 - `lean_lora_forward`: the forward of a PEFT LoRA linear layer in the one state inference uses
   (one plain LoRA adapter active, not merged, no dropout), computing exactly what PEFT's
   `lora.Linear.forward` computes without its per-call bookkeeping (argument checks, the adapter
@@ -34,7 +45,14 @@ import math
 
 import torch
 
-__all__ = ["FoldedLinear", "fold_output_head", "lean_lora_layers", "speed_up"]
+__all__ = [
+    "FoldedLinear",
+    "PackedLinear",
+    "fold_output_head",
+    "lean_lora_layers",
+    "pack_linears",
+    "speed_up",
+]
 
 
 class FoldedLinear(torch.nn.Linear):
@@ -44,6 +62,57 @@ class FoldedLinear(torch.nn.Linear):
         rows = input.reshape(-1, input.shape[-1])
         out = torch.nn.functional.linear(rows, self.weight, self.bias)
         return out.view(*input.shape[:-1], out.shape[-1])
+
+
+class PackedLinear(FoldedLinear):
+    """A `FoldedLinear` that multiplies on its weight packed for oneDNN (see the module
+    docstring); made by `pack_linears`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (
+            input.dtype != weight.dtype
+            or not input.is_cpu
+            or (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
+        ):
+            return super().forward(input)  # the packed matmul is CPU-only, without a backward
+        if self.packed_from != (weight.data_ptr(), weight._version):
+            self._pack()  # the weight changed since it was packed
+        rows = input.reshape(-1, input.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        return out.view(*input.shape[:-1], out.shape[-1])
+
+    def _pack(self) -> None:
+        weight = self.weight.detach()
+        # The hint is oneDNN's guess at the rows to come; results do not depend on it.
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+        self.packed_from = (weight.data_ptr(), self.weight._version)
+
+
+def can_pack() -> bool:
+    """Whether this torch build has oneDNN's packed linear (CPU builds with mkldnn)."""
+    return torch.backends.mkldnn.is_available() and hasattr(
+        torch.ops.mkldnn, "_reorder_linear_weight"
+    )
+
+
+def pack_linears(model) -> int:
+    """Make the model's bf16 CPU `nn.Linear` and `FoldedLinear` layers `PackedLinear`s, in place
+    (idempotent; adapter matrices, kept in fp32, are left alone). Returns how many."""
+    if not can_pack():
+        return 0
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) not in (torch.nn.Linear, FoldedLinear):
+                continue
+            weight = module.weight
+            if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+                continue
+            module.__class__ = PackedLinear
+            module._pack()
+            changed += 1
+    return changed
 
 
 def fold_output_head(model) -> int:
@@ -77,8 +146,7 @@ def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     ):
         return type(self).forward(self, x, *args, **kwargs)
     name = active[0]
-    base = self.base_layer
-    result = torch.nn.functional.linear(x, base.weight, base.bias)
+    result = self.base_layer.forward(x)
     a = self.lora_A[name].weight
     scaling = self.scaling[name]
     b = self.lora_B[name].weight
@@ -111,6 +179,7 @@ def lean_lora_layers(model) -> int:
         if type(module) is not LoraLinear or type(module.base_layer) not in (
             torch.nn.Linear,
             FoldedLinear,
+            PackedLinear,
         ):
             continue
         parts = [*module.lora_A.values(), *module.lora_B.values()]
@@ -128,4 +197,5 @@ def lean_lora_layers(model) -> int:
 def speed_up(model) -> None:
     """The speed paths, in place, for a model about to answer queries (idempotent)."""
     fold_output_head(model)
+    pack_linears(model)
     lean_lora_layers(model)
