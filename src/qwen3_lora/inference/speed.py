@@ -15,8 +15,8 @@ It computes exactly what `nn.Linear` computes (tests/test_predict.py).
 - `PackedLinear`: on CPU, a bf16 linear layer (the decoder's projections and the LM head)
   multiplies on a copy of its weight packed once into oneDNN's blocked layout. `F.linear` hands
   oneDNN the weight in torch's row-major layout and oneDNN reorders it on every call: at the one
-  to eight rows of a decode step that reorder, a pass over every weight of the model per token,
-  costs about as much as the matmul itself. The packed matmul is the same oneDNN kernel on the
+  to eight rows of a decode step that reorder, one more pass over every weight of the model per
+  token, is a large share of the step. The packed matmul is the same oneDNN kernel on the
   same values, so its outputs are `F.linear`'s bit for bit (tests/test_predict.py). The dense
   weight stays (the embedding shares the LM head's, and merging or exporting read them), so the
   packed copies cost one more copy of those weights in memory; a layer whose weight was replaced
