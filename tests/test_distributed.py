@@ -9,13 +9,16 @@ runs two in a row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from peft import PeftModel
@@ -79,11 +82,36 @@ def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
             "train",
             *common,
         ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # faulthandler: a process that gets SIGABRT prints where each of its threads was.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = _run_or_dump(cmd, env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not [m for m in UNCLEAN if m in proc.stderr], proc.stderr[-3000:]
     return proc
+
+
+def _run_or_dump(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run `cmd`; if it outlives `timeout`, abort it and every process it started (each Python
+    process then prints its threads' stacks: PYTHONFAULTHANDLER) and fail with that output, so
+    a hang says where it hung and leaves no process behind. torchrun starts its workers in
+    sessions of their own, so they are found as its descendants, not by process group."""
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            tree = [proc_ := psutil.Process(proc.pid), *proc_.children(recursive=True)]
+            for process in reversed(tree):  # workers first, while torchrun still waits on them
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.send_signal(signal.SIGABRT)
+            _, alive = psutil.wait_procs(tree, timeout=20)
+            for process in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"no end after {timeout:.0f} s: {cmd}\n{err[-6000:]}\n{out[-1000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _train_loss(adapter: Path, base: Path, data: Path) -> float:
