@@ -20,8 +20,9 @@ It computes exactly what `nn.Linear` computes (tests/test_predict.py).
   same values, so its outputs are `F.linear`'s bit for bit (tests/test_predict.py). The dense
   weight stays (the embedding shares the LM head's, and merging or exporting read them), so the
   packed copies cost one more copy of those weights in memory; a layer whose weight was replaced
-  or changed in place since it was packed packs it again, and calls that need gradients, or an
-  input of another dtype, take `F.linear`.
+  or changed in place since it was packed packs it again (a change made through `weight.data`
+  bumps no version counter and is not seen), and calls that need gradients, or an input of
+  another dtype, take `F.linear`.
 
 - `lean_lora_forward`: the forward of a PEFT LoRA linear layer in the one state inference uses
   (one plain LoRA adapter active, not merged, no dropout), computing exactly what PEFT's
