@@ -61,33 +61,34 @@ class FoldedLinear(torch.nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.reshape(-1, input.shape[-1])
-        out = torch.nn.functional.linear(rows, self.weight, self.bias)
+        out = self._multiply(rows)
         return out.view(*input.shape[:-1], out.shape[-1])
+
+    def _multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rows, self.weight, self.bias)
 
 
 class PackedLinear(FoldedLinear):
     """A `FoldedLinear` that multiplies on its weight packed for oneDNN (see the module
     docstring); made by `pack_linears`."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _multiply(self, rows: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if (
-            input.dtype != weight.dtype
-            or not input.is_cpu
-            or (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
+            rows.dtype != weight.dtype
+            or not rows.is_cpu
+            or (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad))
         ):
-            return super().forward(input)  # the packed matmul is CPU-only, without a backward
+            return super()._multiply(rows)  # the packed matmul is CPU-only, without a backward
         if self.packed_from != (weight.data_ptr(), weight._version):
             self._pack()  # the weight changed since it was packed
-        rows = input.reshape(-1, input.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        return out.view(*input.shape[:-1], out.shape[-1])
+        return torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
 
     def _pack(self) -> None:
-        weight = self.weight.detach()
+        weight = self.weight.detach()  # shares the parameter's version counter
         # The hint is oneDNN's guess at the rows to come; results do not depend on it.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
-        self.packed_from = (weight.data_ptr(), self.weight._version)
+        self.packed_from = (weight.data_ptr(), weight._version)
 
 
 def can_pack() -> bool:
