@@ -203,12 +203,6 @@ def test_resume_across_a_different_number_of_processes(tmp_path, tiny_model_dir,
 
 def test_consecutive_runs_end_cleanly(tiny_model_dir):
     cmd = [sys.executable, str(SOAK), "--runs", "2", "--steps", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [*cmd, "--base-model", str(tiny_model_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = _run_or_dump([*cmd, "--base-model", str(tiny_model_dir)], env, timeout=600)
     assert proc.returncode == 0 and "0/2 failed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
