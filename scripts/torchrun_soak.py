@@ -7,15 +7,20 @@ another; each must exit 0, write exactly one complete adapter and abort no proce
 A run fails when torchrun exits non-zero, its output shows a process killed by a signal
 ("terminate called", "Signal 6", "SIGABRT", "SIGTERM") or a traceback, or the output folder
 does not hold one adapter whose safetensors file opens. Prints one line per run, then the
-number of failures and the run times. tests/test_distributed.py runs two of these in CI.
+number of failures and the run times. A run that outlives --timeout is aborted with every
+process it started, each printing its threads' stacks into the run's output (`run_tree`).
+tests/test_distributed.py runs two of these in CI and runs its own torchrun commands through
+`run_tree` too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -24,13 +29,47 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 BAD_MARKERS = ("terminate called", "Signal 6", "SIGABRT", "SIGTERM", "Traceback")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_tree(cmd: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, bool]:
+    """Run `cmd` capturing its output: (the completed process, whether it outlived `timeout`).
+    A run that outlives it is aborted with every process it started (SIGABRT: under
+    PYTHONFAULTHANDLER=1 each Python process prints its threads' stacks), then killed, so a hang
+    says where it hung and leaves no process behind. torchrun starts its workers in sessions of
+    their own, so they are found as its descendants, not by process group."""
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            hung = True
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+            for process in reversed(descendants):  # workers first, while torchrun waits on them
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.send_signal(signal.SIGABRT)
+            proc.send_signal(signal.SIGABRT)
+            # Popen reaps its own child (psutil reaping it would lose the exit status).
+            _, alive = psutil.wait_procs(descendants, timeout=20)
+            for process in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            try:
+                out, err = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), hung
 
 
 def _prepare(work: Path, base: str | None) -> tuple[Path, Path]:
@@ -78,7 +117,7 @@ def run_once(base: Path, data: Path, out: Path, steps: int, timeout: float):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "qwen3_lora",
         "train",
@@ -105,11 +144,16 @@ def run_once(base: Path, data: Path, out: Path, steps: int, timeout: float):
         "--save-steps",
         str(max(1, steps // 2)),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONFAULTHANDLER": "1",  # a hung process aborted by run_tree prints its stacks
+    }
     began = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    proc, hung = run_tree(cmd, env, timeout)
     seconds = time.perf_counter() - began
-    problems = []
+    problems = ["timeout (hang)"] if hung else []
     if proc.returncode != 0:
         problems.append(f"exit {proc.returncode}")
     problems += [f"stderr: {m!r}" for m in BAD_MARKERS if m in proc.stderr]
@@ -137,10 +181,7 @@ def main() -> int:
     times, failures = [], 0
     for i in range(1, args.runs + 1):
         out = work / f"run-{i}"
-        try:
-            seconds, problems, proc = run_once(base, data, out, args.steps, args.timeout)
-        except subprocess.TimeoutExpired as exc:
-            seconds, problems, proc = args.timeout, ["timeout (hang)"], exc
+        seconds, problems, proc = run_once(base, data, out, args.steps, args.timeout)
         times.append(seconds)
         status = "ok" if not problems else "FAIL " + "; ".join(problems)
         print(f"run {i:3d}: {seconds:6.1f} s  {status}", flush=True)
@@ -150,8 +191,7 @@ def main() -> int:
                 logs = Path(args.logs)
                 logs.mkdir(parents=True, exist_ok=True)
                 for name in ("stdout", "stderr"):
-                    text = getattr(proc, name, "") or ""
-                    text = text.decode() if isinstance(text, bytes) else text
+                    text = getattr(proc, name) or ""
                     (logs / f"run-{i}.{name}").write_text(text, encoding="utf-8")
         shutil.rmtree(out, ignore_errors=True)
     print(

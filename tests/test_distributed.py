@@ -9,11 +9,9 @@ runs two in a row.
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +29,18 @@ from qwen3_lora.training.loss import causal_lm_loss
 
 pytestmark = pytest.mark.slow
 SOAK = Path(__file__).resolve().parents[1] / "scripts" / "torchrun_soak.py"
-# What a process that died of a signal or an exception leaves in torchrun's output.
-UNCLEAN = ("terminate called", "Signal 6", "SIGABRT", "SIGTERM", "Traceback")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _soak_module():
+    spec = importlib.util.spec_from_file_location("torchrun_soak", SOAK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The soak script's: what a process that died of a signal or an exception leaves in
+# torchrun's output, a free port, and running a process tree with a timeout.
+soak = _soak_module()
 
 
 def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
@@ -76,7 +78,7 @@ def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(soak.free_port()),
             "-m",
             "qwen3_lora",
             "train",
@@ -86,32 +88,18 @@ def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = _run_or_dump(cmd, env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not [m for m in UNCLEAN if m in proc.stderr], proc.stderr[-3000:]
+    assert not [m for m in soak.BAD_MARKERS if m in proc.stderr], proc.stderr[-3000:]
     return proc
 
 
 def _run_or_dump(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run `cmd`; if it outlives `timeout`, abort it and every process it started (each Python
-    process then prints its threads' stacks: PYTHONFAULTHANDLER) and fail with that output, so
-    a hang says where it hung and leaves no process behind. torchrun starts its workers in
-    sessions of their own, so they are found as its descendants, not by process group."""
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            tree = [proc_ := psutil.Process(proc.pid), *proc_.children(recursive=True)]
-            for process in reversed(tree):  # workers first, while torchrun still waits on them
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.send_signal(signal.SIGABRT)
-            _, alive = psutil.wait_procs(tree, timeout=20)
-            for process in alive:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"no end after {timeout:.0f} s: {cmd}\n{err[-6000:]}\n{out[-1000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """Run `cmd` through the soak script's `run_tree`; fail with the stacks of a hang."""
+    proc, hung = soak.run_tree(cmd, env, timeout)
+    if hung:
+        pytest.fail(
+            f"no end after {timeout:.0f} s: {cmd}\n{proc.stderr[-6000:]}\n{proc.stdout[-1000:]}"
+        )
+    return proc
 
 
 def _train_loss(adapter: Path, base: Path, data: Path) -> float:
@@ -206,3 +194,26 @@ def test_consecutive_runs_end_cleanly(tiny_model_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = _run_or_dump([*cmd, "--base-model", str(tiny_model_dir)], env, timeout=600)
     assert proc.returncode == 0 and "0/2 failed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_a_hung_process_tree_is_aborted_with_its_stacks_and_leaves_nothing_behind(tmp_path):
+    # A parent that, like torchrun, starts a child in a session of its own and waits on it.
+    pid_file = tmp_path / "child.pid"
+    child = "import time\ndef waiting_in_the_child():\n    time.sleep(600)\nwaiting_in_the_child()"
+    parent = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "p.wait()"
+    )
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    proc, hung = soak.run_tree([sys.executable, "-c", parent], env, timeout=5)
+    assert hung and proc.returncode != 0
+    assert "waiting_in_the_child" in proc.stderr  # the child's stack, printed on SIGABRT
+    child_pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == "zombie"
+
+
+def test_a_process_tree_that_ends_in_time_is_not_touched():
+    proc, hung = soak.run_tree([sys.executable, "-c", "print('done')"], dict(os.environ), 60)
+    assert not hung and proc.returncode == 0 and proc.stdout == "done\n"
