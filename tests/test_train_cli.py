@@ -213,3 +213,27 @@ def test_modelscope_hub_ids_go_through_snapshot_download(monkeypatch, tiny_model
     monkeypatch.setitem(sys.modules, "modelscope", fake)
     source = resolve_model_source("Qwen/Qwen3-0.6B", hub="modelscope")
     assert calls == ["Qwen/Qwen3-0.6B"] and source.path == str(tiny_model_dir)
+
+
+def test_checkpoints_never_look_the_base_model_up_on_the_hub(tmp_path, monkeypatch, recwarn):
+    # PEFT asks the hub whether the base model's vocabulary changed unless told the embeddings
+    # are not saved; `tiny` (like any hub id) has no local config.json to answer it.
+    import peft.utils.save_and_load as peft_saving
+
+    def no_hub(repo_id, filename, **kwargs):
+        raise AssertionError(f"looked up {filename} of {repo_id} on the hub")
+
+    monkeypatch.setattr(peft_saving, "check_file_exists_on_hf_hub", no_hub)
+    out = tmp_path / "adapter"
+    config = TrainConfig(
+        base_model="tiny", output_dir=str(out), max_steps=2, save_steps=1, report_to="none"
+    )
+    assert config.report_to == ["none"]  # one name, as TrainingArguments takes it, is a list of one
+    train(config)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-2",
+    ]
+    assert not [w for w in recwarn if "config file" in str(w.message)]
+    saved = load_file(out / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
+    assert saved and not [k for k in saved if "embed_tokens" in k or "lm_head" in k]

@@ -134,6 +134,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.torch_compile = _switch(self.torch_compile)
+        if isinstance(self.report_to, str):  # as TrainingArguments takes it: "none", "wandb"
+            self.report_to = [self.report_to]
 
     def validate(self) -> list[str]:
         """Every problem with the values, not just the first."""

@@ -42,7 +42,7 @@ from .checkpoints import (
 from .config import ConfigError, TrainConfig
 from .outputs import CONFIG_FILE, METRICS_FILE, PROGRESS_FILE
 from .speed import SpeedPaths, is_compiled, speed_up
-from .trainer import LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
+from .trainer import ADAPTER_SAVE_OPTIONS, LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -336,11 +336,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     if trainer.is_world_process_zero():
         # Staged and renamed into place file by file: a kill leaves each file old or new, whole.
         with staged_files(out) as stage:
-            # The vocabulary is never resized, so the embeddings are not saved; saying so also
-            # stops PEFT from looking the base up on the hub to find out.
-            trainer.model.save_pretrained(
-                stage, safe_serialization=True, save_embedding_layers=False
-            )
+            trainer.model.save_pretrained(stage, **ADAPTER_SAVE_OPTIONS)
             tokenizer.save_pretrained(stage)
             (stage / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
     _end_distributed(trainer)

@@ -3,6 +3,7 @@ progress.json."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -46,6 +47,12 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         return iter([i for k in [0, *order, *range(tail, len(steps))] for i in steps[k]])
 
 
+# How every adapter of a run is saved, the final one and each checkpoint's: the vocabulary is
+# never resized, so the embeddings are not saved; saying so also stops PEFT from looking the
+# base model up on the hub to find out (a network call, and a warning, at every checkpoint).
+ADAPTER_SAVE_OPTIONS = {"safe_serialization": True, "save_embedding_layers": False}
+
+
 class LoraTrainer(Trainer):
     """A Trainer whose loss uses `causal_lm_loss` under the run's autocast, and counts tokens."""
 
@@ -79,6 +86,15 @@ class LoraTrainer(Trainer):
             # num_items_in_batch counts every process's tokens; DDP averages the gradients again.
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        # A checkpoint's adapter: Trainer calls the model's save_pretrained without options.
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        model.save_pretrained = functools.partial(model.save_pretrained, **ADAPTER_SAVE_OPTIONS)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            del model.save_pretrained
 
 
 class MetricsLogger(TrainerCallback):
