@@ -15,21 +15,25 @@ venv() {
     .venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 }
 
-# The web console's browser tests drive Debian's chromium (Playwright's own browser download
-# needs the internet); a CJK font makes their screenshots legible. Installed only when missing
-# and we may (root with apt-get); otherwise those tests skip, or fail under
-# QWEN3_LORA_REQUIRE_BROWSER=1.
-browser_for_tests() {
-    if command -v chromium >/dev/null 2>&1; then
+# System tools some tests drive, installed only when missing and we may (root with apt-get):
+# Debian's chromium for the web console's browser tests (Playwright's own browser download needs
+# the internet), with a CJK font that makes their screenshots legible; Go, whose text/template
+# is the engine Ollama renders a Modelfile's template with, for the Ollama template cross-check.
+# Otherwise those tests skip, or fail under QWEN3_LORA_REQUIRE_BROWSER=1 / QWEN3_LORA_REQUIRE_GO=1.
+system_tools_for_tests() {
+    missing=""
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium fonts-wqy-microhei"
+    command -v go >/dev/null 2>&1 || missing="$missing golang-go"
+    if [ -z "$missing" ]; then
         return
     fi
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        echo "run.sh: installing chromium and fonts-wqy-microhei with apt-get for the browser tests"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            chromium fonts-wqy-microhei >/dev/null \
-            || echo "run.sh: apt-get failed: the browser tests will skip (fail under QWEN3_LORA_REQUIRE_BROWSER=1)"
+        echo "run.sh: installing$missing with apt-get for the browser and Ollama template tests"
+        # shellcheck disable=SC2086 # one package name per word
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null \
+            || echo "run.sh: apt-get failed: the tests that need$missing will skip (fail under QWEN3_LORA_REQUIRE_*)"
     else
-        echo "run.sh: no chromium, and not root with apt-get: the browser tests will skip (fail under QWEN3_LORA_REQUIRE_BROWSER=1)"
+        echo "run.sh: missing$missing, and not root with apt-get: the tests that need them will skip (fail under QWEN3_LORA_REQUIRE_*)"
     fi
 }
 
@@ -51,7 +55,7 @@ if [ "${1:-}" = "--test" ]; then
         echo "$problems" >&2
         exit 1
     fi
-    browser_for_tests
+    system_tools_for_tests
     exec .venv/bin/python -m pytest -q "$@"
 fi
 

@@ -6,6 +6,7 @@ test_export_llamacpp.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -199,8 +200,13 @@ def test_thinking_off_template_and_ollama_template_render_as_training(tokenizers
         assert forced == got
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain to cross-check with")
 def test_real_go_renders_the_ollama_templates_as_ours(tokenizers, tmp_path):
+    # Ollama renders a Modelfile's template with Go's text/template: the real engine, where
+    # there is one (run.sh --test installs Debian's golang-go; CI requires it).
+    if shutil.which("go") is None:
+        if os.environ.get("QWEN3_LORA_REQUIRE_GO") == "1":
+            pytest.fail("QWEN3_LORA_REQUIRE_GO=1 but there is no go on PATH", pytrace=False)
+        pytest.skip("no Go toolchain to cross-check with")
     (tmp_path / "main.go").write_text(GO_PROGRAM, "utf-8")
     for name, tok in tokenizers.items():
         go = ollama_template(chat_turns(tok, thinking_off_template(tok)))
