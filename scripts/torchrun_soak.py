@@ -42,10 +42,12 @@ def free_port() -> int:
 
 def run_tree(cmd: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, bool]:
     """Run `cmd` capturing its output: (the completed process, whether it outlived `timeout`).
-    A run that outlives it is aborted with every process it started (SIGABRT: under
-    PYTHONFAULTHANDLER=1 each Python process prints its threads' stacks), then killed, so a hang
-    says where it hung and leaves no process behind. torchrun starts its workers in sessions of
-    their own, so they are found as its descendants, not by process group."""
+    A run that outlives it is aborted with every process it started (SIGABRT: with the
+    PYTHONFAULTHANDLER=1 it runs under, each Python process prints its threads' stacks), then
+    killed, so a hang says where it hung and leaves no process behind. torchrun starts its
+    workers in sessions of their own, so they are found as its descendants, not by process
+    group."""
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as proc:
@@ -144,12 +146,7 @@ def run_once(base: Path, data: Path, out: Path, steps: int, timeout: float):
         "--save-steps",
         str(max(1, steps // 2)),
     ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONFAULTHANDLER": "1",  # a hung process aborted by run_tree prints its stacks
-    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     began = time.perf_counter()
     proc, hung = run_tree(cmd, env, timeout)
     seconds = time.perf_counter() - began

@@ -43,7 +43,9 @@ def _soak_module():
 soak = _soak_module()
 
 
-def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
+def _train(
+    nproc: int, out: Path, data: Path, base: Path, *extra: str
+) -> subprocess.CompletedProcess:
     common = [
         "--base-model",
         str(base),
@@ -84,8 +86,7 @@ def _train(nproc: int, out: Path, data: Path, base: Path, *extra: str) -> None:
             "train",
             *common,
         ]
-    # faulthandler: a process that gets SIGABRT prints where each of its threads was.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = _run_or_dump(cmd, env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not [m for m in soak.BAD_MARKERS if m in proc.stderr], proc.stderr[-3000:]
@@ -191,7 +192,7 @@ def test_resume_across_a_different_number_of_processes(tmp_path, tiny_model_dir,
 
 def test_consecutive_runs_end_cleanly(tiny_model_dir):
     cmd = [sys.executable, str(SOAK), "--runs", "2", "--steps", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = _run_or_dump([*cmd, "--base-model", str(tiny_model_dir)], env, timeout=600)
     assert proc.returncode == 0 and "0/2 failed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
@@ -206,8 +207,7 @@ def test_a_hung_process_tree_is_aborted_with_its_stacks_and_leaves_nothing_behin
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "p.wait()"
     )
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    proc, hung = soak.run_tree([sys.executable, "-c", parent], env, timeout=5)
+    proc, hung = soak.run_tree([sys.executable, "-c", parent], dict(os.environ), timeout=5)
     assert hung and proc.returncode != 0
     assert "waiting_in_the_child" in proc.stderr  # the child's stack, printed on SIGABRT
     child_pid = int(pid_file.read_text())
