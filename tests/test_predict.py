@@ -13,9 +13,14 @@ from conftest import MEMORISE
 
 from qwen3_lora.cli import main
 from qwen3_lora.inference.predictor import Prediction, Predictor, PredictorError
+from qwen3_lora.inference.speed import can_pack
 from qwen3_lora.models.adapter import AdapterError
 from qwen3_lora.prompt.encoding import IGNORE_INDEX, encode_example
 from qwen3_lora.prompt.render import render_prompt
+
+needs_packing = pytest.mark.skipif(
+    not can_pack(), reason="this CPU's oneDNN cannot pack bf16 weights (no AVX-512 BW/VL/DQ)"
+)
 
 GENERATED = [s for s in MEMORISE if s["task"] in ("问题回答", "文件名称提取")]
 CLASSIFIED = [s for s in MEMORISE if s["task"] in ("问题场景分类", "问题类型分类")]
@@ -344,6 +349,7 @@ def test_the_lean_lora_forward_is_exact_at_qwen3_widths_and_the_rows_inference_r
         (1024, 151_936, 8),
     ],
 )
+@needs_packing
 def test_packed_linear_layers_compute_exactly_what_linear_computes(in_features, out_features, rows):
     from qwen3_lora.inference.speed import PackedLinear, pack_linears
 
@@ -358,6 +364,7 @@ def test_packed_linear_layers_compute_exactly_what_linear_computes(in_features, 
     assert torch.equal(packed, plain)
 
 
+@needs_packing
 def test_a_packed_linear_follows_its_weight_and_leaves_gradients_to_linear():
     from qwen3_lora.inference.speed import pack_linears
 
@@ -378,6 +385,7 @@ def test_a_packed_linear_follows_its_weight_and_leaves_gradients_to_linear():
     assert torch.equal(grad_x.grad, layer.weight.sum(0).expand_as(x))
 
 
+@needs_packing
 def test_a_predictors_packed_layers_give_the_unpacked_models_logits(memorised_adapter):
     from qwen3_lora.inference.speed import FoldedLinear, PackedLinear
 
@@ -395,3 +403,16 @@ def test_a_predictors_packed_layers_give_the_unpacked_models_logits(memorised_ad
         assert torch.equal(predictor.model(input_ids=ids).logits, runs[0])
         with predictor.without_adapter():
             assert torch.equal(predictor.model(input_ids=ids).logits, runs[1])
+
+
+def test_a_cpu_whose_onednn_cannot_pack_bf16_keeps_the_plain_layers(memorised_adapter, monkeypatch):
+    # Such a CPU (no AVX-512 BW/VL/DQ, no AVX-NE-CONVERT) raises in oneDNN's reorder.
+    from qwen3_lora.inference import speed
+
+    monkeypatch.setattr(speed, "can_pack", lambda: False)
+    predictor = Predictor.load(adapter=str(memorised_adapter), precision="bf16")
+    kinds = {type(m) for m in predictor.model.modules()}
+    assert speed.PackedLinear not in kinds
+    assert speed.FoldedLinear in kinds  # the LM head still multiplies as one matrix
+    sample = MEMORISE[0]
+    assert predictor.predict(sample["task"], [sample["input"]])[0].output

@@ -22,7 +22,8 @@ It computes exactly what `nn.Linear` computes (tests/test_predict.py).
   packed copies cost one more copy of those weights in memory; a layer whose weight was replaced
   or changed in place since it was packed packs it again (a change made through `weight.data`
   bumps no version counter and is not seen), and calls that need gradients, or an input of
-  another dtype, take `F.linear`.
+  another dtype, take `F.linear`. On a CPU whose oneDNN cannot pack bf16 (`can_pack`) the
+  layers stay as they are.
 
 - `lean_lora_forward`: the forward of a PEFT LoRA linear layer in the one state inference uses
   (one plain LoRA adapter active, not merged, no dropout), computing exactly what PEFT's
@@ -92,10 +93,15 @@ class PackedLinear(FoldedLinear):
 
 
 def can_pack() -> bool:
-    """Whether this torch build has oneDNN's packed linear (CPU builds with mkldnn)."""
-    return torch.backends.mkldnn.is_available() and hasattr(
-        torch.ops.mkldnn, "_reorder_linear_weight"
-    )
+    """Whether oneDNN can pack bf16 weights here: a torch build with mkldnn, on a CPU with the
+    instructions oneDNN's bf16 path needs (AVX-512 BW, VL and DQ, or AVX-NE-CONVERT). Elsewhere
+    (many laptops, older servers) packing raises, and `F.linear` falls back to torch's own bf16
+    GEMM, which the layers then keep."""
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")):
+        return False
+    supported = getattr(ops, "_is_mkldnn_bf16_supported", None)
+    return bool(supported is not None and supported())
 
 
 def pack_linears(model) -> int:
