@@ -106,6 +106,8 @@ def test_smoke_compares_ours_with_trl_on_the_same_samples(smoke):
         assert f["all_useful_tokens"] == subset["tokens"] + extra, name
         assert f["result"]["optimizer_steps"] == arms["ours"]["result"]["optimizer_steps"]
         assert f["useful_tokens_per_s"] > 0 and f["peak_rss_gb"] > 0 and f["unknown_rows"] == 0
+        # TRL trains in ours' precision: bf16 where the CPU has it natively, else fp32.
+        assert f["result"]["precision"] == arms["ours"]["result"]["precision"], name
     # Ours supervises the answer and <|im_end|>; TRL also the "\n" after it: one per sample.
     assert arms["ours"]["all_supervised_targets"] == subset["supervised_tokens"]
     for name in ("trl_padded", "trl_padding_free", "trl_grouped"):

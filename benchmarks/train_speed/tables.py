@@ -12,13 +12,15 @@ def peers_table(report: dict) -> list[str]:
     peers, subset = report["peers"], report["peer_subset"]
     arms = peers["arms"]
     ours = arms["ours"]
-    versions = next(f["result"]["versions"] for k, f in arms.items() if k.startswith("trl"))
+    trl = next(f["result"] for k, f in arms.items() if k.startswith("trl"))
+    versions = trl["versions"]
     lines = [
         f"Ours against (c) TRL's `SFTTrainer` + PEFT LoRA (trl {versions['trl']}, transformers "
         f"{versions['transformers']}, peft {versions['peft']}, datasets {versions['datasets']}), "
         f"the same {subset['samples']} samples ({subset['tokens']} tokens) for the same steps, "
         f"batches of 4 x 2, in separate processes taking turns one micro-batch at a time (the "
-        f"first optimizer step of each excluded as warm-up). TRL: bf16, prompt-completion "
+        f"first optimizer step of each excluded as warm-up). TRL: {trl.get('precision', 'bf16')}"
+        ", prompt-completion "
         f"conversational data (`completion_only_loss`), no gradient checkpointing, padded to "
         f"the longest in each batch (`trl_padding_free`: one flattened row, no padding; "
         f"`trl_grouped`: length-grouped batches)."

@@ -1,7 +1,9 @@
 """Arm (c): TRL's `SFTTrainer` with a PEFT LoRA config, the peer a user would pick.
 
 Its best settings on a CPU that we found: bf16 (`bf16=True`, the model loaded in bf16 through
-`model_init_kwargs`, PEFT's adapters in fp32), prompt-completion conversational data rendered by
+`model_init_kwargs`, PEFT's adapters in fp32) where ours trains in bf16, that is where the CPU
+does bf16 natively; elsewhere bf16 is emulated at a few GFLOP/s and both train in fp32.
+Prompt-completion conversational data rendered by
 the model's own chat template with thinking off (so `completion_only_loss` masks the prompt),
 padding to the longest sample of each micro-batch, no gradient checkpointing (SFTConfig turns
 it on by default; it costs speed on CPU), and the spec's LoRA shape and our 4 x 2 batching.
@@ -38,12 +40,23 @@ def conversational_rows(records) -> list[dict]:
     ]
 
 
+def precision() -> str:
+    """Ours' precision on this CPU (`auto`: bf16 where the CPU does it natively, else fp32)."""
+    import torch
+
+    from qwen3_lora.models.loading import resolve_precision
+    from qwen3_lora.training.config import TrainConfig
+
+    return resolve_precision(TrainConfig().precision, torch.device("cpu")).name
+
+
 def sft_config(opts: dict, variant: dict):
     from trl import SFTConfig
 
     from qwen3_lora.training.config import TrainConfig
 
     recipe = TrainConfig()
+    bf16 = precision() == "bf16"
     padding_free = variant.get("padding_free", False)
     return SFTConfig(
         output_dir=opts["output_dir"],
@@ -58,8 +71,8 @@ def sft_config(opts: dict, variant: dict):
         use_cpu=True,
         seed=recipe.seed,
         dataloader_num_workers=0,
-        bf16=True,
-        model_init_kwargs={"dtype": "bfloat16"},
+        bf16=bf16,
+        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
         gradient_checkpointing=False,
         completion_only_loss=True,
         # padding_free does not enforce max_length; no built-in sample is near ours (512).
@@ -106,6 +119,7 @@ def train_trl(opts: dict, conn) -> dict:
     )
     result = trainer.train()
     return {
+        "precision": precision(),
         "final_loss": result.training_loss,
         "optimizer_steps": result.global_step,
         "versions": {

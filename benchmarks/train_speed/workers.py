@@ -36,6 +36,7 @@ def _lookup(opts: dict, max_length: int) -> dict[tuple, int]:
 
 def train_ours(opts: dict, conn) -> dict:
     """(b): `qwen3_lora.training.train.train` with `TrainConfig` defaults."""
+    from qwen3_lora.models.loading import resolve_precision
     from qwen3_lora.training.config import TrainConfig
     from qwen3_lora.training.train import train
 
@@ -55,6 +56,7 @@ def train_ours(opts: dict, conn) -> dict:
     pacer = Pacer(conn, opts["every"], _lookup(opts, config.max_length))
     result = train(config, callbacks=[pacer])
     return {
+        "precision": resolve_precision(config.precision, torch.device("cpu")).name,
         "final_loss": result.final_loss,
         "optimizer_steps": result.optimizer_steps,
         "compiled": result.compiled,
