@@ -237,3 +237,16 @@ def test_checkpoints_never_look_the_base_model_up_on_the_hub(tmp_path, monkeypat
     assert not [w for w in recwarn if "config file" in str(w.message)]
     saved = load_file(out / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
     assert saved and not [k for k in saved if "embed_tokens" in k or "lm_head" in k]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_warns(monkeypatch, caplog, native):
+    from qwen3_lora.models import loading
+
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger=loading.__name__):
+        assert loading.resolve_precision("bf16", torch.device("cpu")).name == "bf16"
+        assert loading.resolve_precision("auto", torch.device("cpu")).name == (
+            "bf16" if native else "fp32"
+        )
+    assert ("emulated" in caplog.text) is not native

@@ -150,6 +150,11 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             name = "bf16" if cpu_supports_bf16() else "fp32"
     if name == "fp16" and device.type == "cpu":
         raise SetupError("fp16 is unusably slow on CPU (~1 GFLOP/s); use bf16 or fp32")
+    if name == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        log.warning(
+            "bf16 on this CPU is emulated (no AVX512-BF16 or AMX): its matmuls run at a few "
+            "GFLOP/s, far slower than fp32; --precision auto picks fp32 here"
+        )
     if name == "fp32":
         return Precision("fp32", torch.float32, None)
     dtype = torch.bfloat16 if name == "bf16" else torch.float16
