@@ -159,6 +159,11 @@ def matmul_peak(dtype: torch.dtype, n: int, seconds: float, device: str = "cpu")
     """Best GFLOP/s of an n x n x n matmul on this process's threads (or GPU) over `seconds`."""
     import torch
 
+    from qwen3_lora.models.loading import cpu_supports_bf16
+
+    if dtype == torch.bfloat16 and device == "cpu" and not cpu_supports_bf16():
+        n = min(n, 512)  # emulated bf16 runs at ~1 GFLOP/s: one 3072^3 matmul would take ~45 s
+
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     cuda = device.startswith("cuda")

@@ -182,3 +182,19 @@ def test_inference_rounds_take_turns_in_alternating_order():
     assert calls == first + second + first
     assert rounds_ms["base"]["score"] == [1.0, 6.0, 9.0]
     assert rounds_ms["adapter"]["generate"] == [4.0, 7.0, 12.0]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_bf16_peak_is_measured_on_small_matmuls_where_bf16_is_emulated(monkeypatch, native):
+    import torch
+
+    from benchmarks.common import matmul_peak
+    from qwen3_lora.models import loading
+
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: native)
+    sizes, randn = [], torch.randn
+    monkeypatch.setattr(
+        torch, "randn", lambda *shape, **kw: sizes.append(shape) or randn(*shape, **kw)
+    )
+    assert matmul_peak(torch.bfloat16, 768, 0.01) > 0
+    assert sizes == ([(768, 768)] if native else [(512, 512)]) * 2
