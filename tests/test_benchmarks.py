@@ -198,3 +198,14 @@ def test_the_bf16_peak_is_measured_on_small_matmuls_where_bf16_is_emulated(monke
     )
     assert matmul_peak(torch.bfloat16, 768, 0.01) > 0
     assert sizes == ([(768, 768)] if native else [(512, 512)]) * 2
+
+
+def test_a_worker_killed_mid_run_is_reported_with_how_it_ended(tmp_path):
+    # The kernel's out-of-memory killer ends a worker with SIGKILL: the driver says so.
+    from benchmarks.train_speed.driver import Worker
+
+    worker = Worker("victim", "infer", {"model_dir": str(tmp_path)}, tmp_path)
+    worker.proc.kill()
+    worker.proc.join(30)
+    with pytest.raises(RuntimeError, match=r"victim died, killed by SIGKILL .*out-of-memory"):
+        worker.go()

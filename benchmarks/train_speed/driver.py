@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -46,8 +47,7 @@ class Worker:
         try:
             msg = self.conn.recv()
         except EOFError:
-            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-            raise RuntimeError(f"{self.name} died (see {self.log}):\n{tail}") from None
+            raise self._died() from None
         if msg["event"] == "error":
             raise RuntimeError(f"{self.name} failed:\n{msg['trace']}")
         if msg["event"] == "window":
@@ -60,11 +60,29 @@ class Worker:
 
     def go(self) -> dict:
         """Let the worker run its next window; return what it reports at the end of it."""
-        self.conn.send("go")
+        try:
+            self.conn.send("go")
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died() from None
         msg = self.receive()
         if msg.get("final"):
             self.receive()  # the "done" message
         return msg
+
+    def _died(self) -> RuntimeError:
+        """The error for a worker that went away: how it ended, and its log's tail."""
+        self.proc.join(10)
+        code = self.proc.exitcode
+        how = f"exit status {code}"
+        if code is not None and code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+            if -code == signal.SIGKILL:
+                how += (
+                    " (most likely the kernel's out-of-memory killer: every worker holds a"
+                    " model of its own; run fewer arms, e.g. --no-trl, or on more memory)"
+                )
+        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        return RuntimeError(f"{self.name} died, {how} (see {self.log}):\n{tail}")
 
     @property
     def finished(self) -> bool:
