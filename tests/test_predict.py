@@ -19,7 +19,7 @@ from qwen3_lora.prompt.encoding import IGNORE_INDEX, encode_example
 from qwen3_lora.prompt.render import render_prompt
 
 needs_packing = pytest.mark.skipif(
-    not can_pack(), reason="this CPU's oneDNN cannot pack bf16 weights (no AVX-512 BW/VL/DQ)"
+    not can_pack(), reason="oneDNN packs bf16 only with AVX-512 BW/VL/DQ or AVX-NE-CONVERT"
 )
 
 GENERATED = [s for s in MEMORISE if s["task"] in ("问题回答", "文件名称提取")]

@@ -119,7 +119,7 @@ def train_trl(opts: dict, conn) -> dict:
     )
     result = trainer.train()
     return {
-        "precision": precision(),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
         "final_loss": result.training_loss,
         "optimizer_steps": result.global_step,
         "versions": {
