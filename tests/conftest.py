@@ -13,6 +13,31 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def import_llama_cpp():
+    """llama_cpp for a test module that needs it: the module is skipped where it is not
+    installed, except under QWEN3_LORA_REQUIRE_LLAMACPP=1 (CI), where that fails the run. A
+    build with ggml's AMX kernels fails the run with what to do: those kernels crash on
+    quantized GGUFs (ggml-org/llama.cpp#20824), which would take the whole session down."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        if os.environ.get("QWEN3_LORA_REQUIRE_LLAMACPP") == "1":
+            pytest.fail(
+                f"QWEN3_LORA_REQUIRE_LLAMACPP=1 but llama_cpp is missing: {exc}", pytrace=False
+            )
+        pytest.skip(
+            "needs llama-cpp-python: pip install 'qwen3-lora[llamacpp]'", allow_module_level=True
+        )
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        pytest.fail(
+            "this llama-cpp-python build has ggml's AMX kernels, which crash on quantized GGUFs "
+            "(ggml-org/llama.cpp#20824): rebuild it without them (`bash run.sh --test` does so)",
+            pytrace=False,
+        )
+    return llama_cpp
+
+
 # A handful of samples covering every task, which the memorised adapter must reproduce.
 MEMORISE = [
     {"task": "问题场景分类", "input": "数据清洗流程是什么？", "output": "数据平台相关问题"},

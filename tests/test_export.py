@@ -105,6 +105,8 @@ def test_export_folder_holds_exactly_the_files_and_says_how_to_run(exported, mem
         assert text in readme
     for task in ("问题场景分类", "问题类型分类", "问题回答", "文件名称提取"):
         assert f"任务: {task}\\n输入: " in readme
+    # a quantized GGUF: how to keep a llama.cpp with ggml's AMX kernels from crashing on it
+    assert "--no-repack" in readme and "llama.cpp#20824" in readme
     modelfile = (folder / "Modelfile").read_text("utf-8")
     assert modelfile.startswith("FROM ./model.gguf\n")
     for line in ('PARAMETER stop "<|im_end|>"', "PARAMETER temperature 0", "PARAMETER top_k 1"):
@@ -238,6 +240,7 @@ def test_lora_gguf_holds_peft_matrices_under_base_tensor_names(exported, memoris
             *("Modelfile", "README.md", "export_config.json"),
         ]
     )
+    assert "--no-repack" not in (folder / "README.md").read_text("utf-8")  # nothing quantized
     meta = read_metadata(folder / "adapter.gguf")
     config = json.loads((memorised_adapter / "adapter_config.json").read_text())
     assert meta["general.type"] == "adapter" and meta["adapter.type"] == "lora"

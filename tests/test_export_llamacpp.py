@@ -3,7 +3,7 @@ renders the chat template as training did, answers every memorised sample as our
 does, and the LoRA GGUF on the base GGUF answers as the merged GGUF.
 
 Skipped when llama_cpp is not importable (pip install 'qwen3-lora[llamacpp]'), unless
-QWEN3_LORA_REQUIRE_LLAMACPP=1 (CI), where a missing llama_cpp fails the run.
+QWEN3_LORA_REQUIRE_LLAMACPP=1 (CI), where a missing llama_cpp fails the run (`import_llama_cpp`).
 """
 
 from __future__ import annotations
@@ -12,24 +12,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import MEMORISE
+from conftest import MEMORISE, import_llama_cpp
 
 from qwen3_lora.inference.predictor import prompt_ids
 from qwen3_lora.prompt.render import render_prompt, user_message
 
 # ggml's OpenMP threads spin while idle by default, which starves a shared CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-REQUIRED = os.environ.get("QWEN3_LORA_REQUIRE_LLAMACPP") == "1"
-try:
-    import llama_cpp
-except ImportError as exc:
-    if REQUIRED:
-        pytest.fail(f"QWEN3_LORA_REQUIRE_LLAMACPP=1 but llama_cpp is missing: {exc}", pytrace=False)
-    llama_cpp = None
-
-pytestmark = pytest.mark.skipif(
-    llama_cpp is None, reason="needs llama-cpp-python: pip install 'qwen3-lora[llamacpp]'"
-)
+llama_cpp = import_llama_cpp()
 MAX_TOKENS = 40
 
 
@@ -247,3 +237,10 @@ def test_a_gguf_base_exports_again_with_its_tokenizer_copied(
     finally:
         first.close()
         again.close()
+
+
+def test_a_llama_cpp_build_with_ggmls_amx_kernels_fails_the_run_saying_what_to_do(monkeypatch):
+    info = llama_cpp.llama_print_system_info()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info + b"AMX_INT8 = 1 | ")
+    with pytest.raises(pytest.fail.Exception, match=r"llama.cpp#20824.*run.sh --test"):
+        import_llama_cpp()

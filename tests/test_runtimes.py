@@ -4,19 +4,11 @@ separate processes and reports every figure; a smoke run publishes nothing."""
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 from benchmark_run import ROOT, run_benchmark
+from conftest import import_llama_cpp
 
-try:
-    import llama_cpp  # noqa: F401
-except ImportError as exc:
-    if os.environ.get("QWEN3_LORA_REQUIRE_LLAMACPP") == "1":
-        pytest.fail(f"QWEN3_LORA_REQUIRE_LLAMACPP=1 but llama_cpp is missing: {exc}", pytrace=False)
-    pytest.skip(
-        "needs llama-cpp-python: pip install 'qwen3-lora[llamacpp]'", allow_module_level=True
-    )
+import_llama_cpp()
 
 
 def test_smoke_measures_every_engine_in_its_own_process(tmp_path):

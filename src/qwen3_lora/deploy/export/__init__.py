@@ -21,7 +21,7 @@ from ...data.registry import load_registry
 from ...files import atomic_path, atomic_write_text
 from ...models.adapter import AdapterFolder, stop_token_ids
 from .architectures import ExportError, gguf_architecture
-from .gguf_file import KQUANT_OUTTYPES, OUTTYPES, gguf_module, write_gguf
+from .gguf_file import FLOAT_OUTTYPES, KQUANT_OUTTYPES, OUTTYPES, gguf_module, write_gguf
 from .lora import check_adapter_config, lora_metadata, lora_tensors, needs_folded_scale
 from .modelfile import modelfile, ollama_template
 from .quantize import find_quantizer
@@ -161,10 +161,15 @@ def _save_record(out: Path, record: dict) -> None:
     atomic_write_text(out / EXPORT_CONFIG, text)
 
 
+def _quantized(outtype: str | None) -> bool:
+    return outtype is not None and outtype not in FLOAT_OUTTYPES
+
+
 def _export_model(loaded: Loaded, out: Path, outtype: str, name: str, tasks, model):
     facts = model_facts(loaded)
     summary = write_model(out / MODEL_FILE, loaded.model, loaded.tokenizer, facts, outtype, name)
     readme = {"name": name, "outtype": outtype, "model_file": MODEL_FILE}
+    readme["quantized"] = _quantized(outtype)
     record = {"format": "gguf", "outtype": outtype}
     record |= _write_guides(out, loaded, facts, readme, tasks, model)
     record[MODEL_FILE] = summary
@@ -198,6 +203,7 @@ def _export_lora(loaded: Loaded, out: Path, outtype: str, base_outtype, name: st
     readme = {"name": name, "outtype": outtype, "model_file": BASE_FILE}
     readme |= {"adapter_file": ADAPTER_FILE, "base_written": base_outtype is not None}
     readme |= {"base_name": loaded.source.name, "template_file": TEMPLATE_FILE}
+    readme["quantized"] = _quantized(outtype) or _quantized(base_outtype)
     record |= _write_guides(out, loaded, facts, readme, tasks, None)
     _save_record(out, record)
     log.info("exported %s (%s LoRA, %s) -> %s", folder.path, facts.arch, outtype, out)

@@ -15,7 +15,8 @@ import numpy as np
 from .architectures import ExportError, TensorSource
 
 # --outtype -> (tensor type, file type) for the types the `gguf` package encodes itself.
-PACKAGE_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
+FLOAT_OUTTYPES = ("f32", "f16", "bf16")
+PACKAGE_OUTTYPES = (*FLOAT_OUTTYPES, "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
 # K-quants: llama.cpp's own quantizer (llama_model_quantize) re-encodes an f32 export.
 KQUANT_OUTTYPES = ("q4_k_m", "q5_k_m", "q6_k")
 OUTTYPES = PACKAGE_OUTTYPES + KQUANT_OUTTYPES

@@ -35,6 +35,7 @@ class ReadmeFacts:
     base_written: bool = True
     base_name: str = ""
     template_file: str | None = None
+    quantized: bool = False  # a GGUF written is quantized (q8_0, q4_k_m, ...)
 
 
 def _files(facts: ReadmeFacts) -> list[str]:
@@ -97,6 +98,14 @@ def _notes(facts: ReadmeFacts) -> list[str]:
             "- llama-server parses the empty think block the prompt ends with as the start of "
             "the answer and returns `content` with its newlines in front: strip the content "
             "(as qwen3-lora does)."
+        )
+    if facts.quantized:
+        notes.append(
+            "- On an Intel CPU with AMX (Sapphire Rapids and later), llama.cpp builds that "
+            "compile in ggml's AMX kernels (a native build there) crash on quantized GGUFs "
+            "(ggml-org/llama.cpp#20824): start llama-server with `--no-repack`, or build "
+            "llama.cpp (or llama-cpp-python) with `-DCMAKE_C_FLAGS=-mno-amx-int8 "
+            "-DCMAKE_CXX_FLAGS=-mno-amx-int8`."
         )
     if facts.adapter_file:
         notes.append(
