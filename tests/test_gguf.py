@@ -122,3 +122,64 @@ def test_gemma3_gguf_trains_with_the_gemma_template_saves_and_reloads(
 def test_missing_gguf_file_is_a_clear_error(tmp_path):
     with pytest.raises(ModelSourceError, match="does not exist"):
         load_tokenizer(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install gguf")
+def test_a_gguf_model_and_tokenizer_load_parse_the_file_once_and_load_what_a_fresh_parse_does(
+    monkeypatch, tiny_gemma3_gguf
+):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from qwen3_lora.models import gguf_reads
+
+    gguf_reads.share_gguf_reads()
+    parses = []
+    parse = gguf_reads._parse
+    monkeypatch.setattr(gguf_reads, "_parse", lambda *a: parses.append(a) or parse(*a))
+    tokenizer = load_tokenizer(str(tiny_gemma3_gguf))
+    model = load_base_model(str(tiny_gemma3_gguf))
+    assert len(parses) == 1  # transformers asks three times: config, tokenizer, weights
+    assert not gguf_reads._kept  # the load is done: the file's mapping is let go
+
+    # transformers on its own: a new reader per call and a name map per module
+    monkeypatch.setattr(gguf, "GGUFReader", parse)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", gguf.get_tensor_name_map.__wrapped__)
+    folder, name = tiny_gemma3_gguf.parent, tiny_gemma3_gguf.name
+    fresh = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    fresh_config = fresh.config.to_dict()
+    del fresh_config["quantization_config"]  # our loader clears the GGUF quantizer's state
+    assert model.config.to_dict() == fresh_config
+    fresh_state = fresh.state_dict()
+    assert model.state_dict().keys() == fresh_state.keys()
+    assert all(torch.equal(v, fresh_state[k]) for k, v in model.state_dict().items())
+    assert (
+        tokenizer.get_vocab() == AutoTokenizer.from_pretrained(folder, gguf_file=name).get_vocab()
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install gguf")
+def test_a_gguf_file_changed_or_replaced_since_its_parse_is_parsed_again(
+    tmp_path, tiny_gemma3_gguf
+):
+    import os
+    import shutil
+
+    import gguf
+
+    from qwen3_lora.models import gguf_reads
+
+    gguf_reads.share_gguf_reads()
+    path = tmp_path / "model.gguf"
+    shutil.copyfile(tiny_gemma3_gguf, path)
+    first = gguf.GGUFReader(path)
+    assert gguf.GGUFReader(path) is first  # unchanged: the same reader
+    assert gguf.GGUFReader(path, "c") is not first  # another mode: a parse of its own
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    second = gguf.GGUFReader(path)
+    assert second is not first  # touched
+    shutil.copyfile(tiny_gemma3_gguf, tmp_path / "new.gguf")
+    os.replace(tmp_path / "new.gguf", path)
+    assert gguf.GGUFReader(path) is not second  # replaced (another inode)
+    gguf_reads.forget_gguf_reads()

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .gguf_reads import forget_gguf_reads, share_gguf_reads
 from .source import ModelSource, ModelSourceError, hub_failure, resolve_model_source
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -106,6 +107,8 @@ def load_tokenizer(source: ModelSource | str, trust_remote_code: bool = False):
     if isinstance(source, str):
         source = resolve_model_source(source, tokenizer_only=True)
 
+    if source.gguf_file:
+        share_gguf_reads()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source.path, trust_remote_code=trust_remote_code, **source.kwargs()
@@ -185,10 +188,14 @@ def load_base_model(
     if quantization:
         kwargs["quantization_config"] = _quantization_config(quantization, dtype, device)
         kwargs["device_map"] = {"": device.index or 0}
+    if source.gguf_file:
+        share_gguf_reads()
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except Exception as exc:  # safetensors raises its own SafetensorError for a truncated file
         raise (_load_failure(source, exc) or exc) from exc
+    finally:
+        forget_gguf_reads()  # the weights are in: nothing reads the file again
     if source.gguf_file:
         clear_gguf_quantizer(model)
     if not quantization:
