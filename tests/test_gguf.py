@@ -141,6 +141,12 @@ def test_a_gguf_model_and_tokenizer_load_parse_the_file_once_and_load_what_a_fre
     model = load_base_model(str(tiny_gemma3_gguf))
     assert len(parses) == 1  # transformers asks three times: config, tokenizer, weights
     assert not gguf_reads._kept  # the load is done: the file's mapping is let go
+    # Export loads a GGUF model and its tokenizer the same way: one parse.
+    from qwen3_lora.deploy.export.sources import load_merged
+
+    parses.clear()
+    load_merged(None, str(tiny_gemma3_gguf), None, "huggingface", False)
+    assert len(parses) == 1 and not gguf_reads._kept
 
     # transformers on its own: a new reader per call and a name map per module
     monkeypatch.setattr(gguf, "GGUFReader", parse)

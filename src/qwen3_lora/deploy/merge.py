@@ -222,9 +222,10 @@ def merge_in_memory(
     source = folder.base_source(base_model, hub)
     out_dtype = _output_dtype(dtype, source, trust_remote_code)
     cpu = torch.device("cpu")
+    # The tokenizer first: the model's load then reuses a GGUF file's parse (gguf_reads).
+    tokenizer = ModelToLoad(source, folder).load_tokenizer(trust_remote_code)
     model = load_base_model(source, torch.float32, trust_remote_code=trust_remote_code, device=cpu)
     base_tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
-    tokenizer = ModelToLoad(source, folder).load_tokenizer(trust_remote_code)
 
     with warnings.catch_warnings():
         # PEFT warns about adapters on tied embeddings; `_untie_embeddings` handles that case.

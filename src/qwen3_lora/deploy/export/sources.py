@@ -50,8 +50,9 @@ def load_merged(adapter, model, base_model, hub, trust_remote_code) -> Loaded:
         source = resolve_model_source(str(model), hub)
         # In its own dtype: each tensor is widened to fp32 only while it is written.
         dtype = checkpoint_dtype(source, trust_remote_code)
-        loaded = load_base_model(source, dtype, trust_remote_code, device=CPU)
+        # The tokenizer first: the model's load then reuses a GGUF file's parse (gguf_reads).
         tokenizer = ModelToLoad(source).load_tokenizer(trust_remote_code)
+        loaded = load_base_model(source, dtype, trust_remote_code, device=CPU)
         return Loaded(loaded, tokenizer, source, None, f"The model `{source.name}`")
     folder = AdapterFolder.read(adapter)
     source = folder.base_source(base_model, hub)
@@ -83,8 +84,8 @@ def checkpoint_dtype(source: ModelSource, trust_remote_code: bool) -> torch.dtyp
 def load_base_for(folder: AdapterFolder, base_model, hub, trust_remote_code) -> Loaded:
     """The adapter's base model alone (fp32), with the tokenizer saved beside the adapter."""
     source = folder.base_source(base_model, hub)
+    tokenizer = ModelToLoad(source, folder).load_tokenizer(trust_remote_code)  # as above
     base = load_base_model(source, torch.float32, trust_remote_code, device=CPU)
-    tokenizer = ModelToLoad(source, folder).load_tokenizer(trust_remote_code)
     origin = f"The LoRA adapter `{folder.path}` for `{source.name}`"
     return Loaded(base, tokenizer, source, folder, origin)
 
