@@ -171,27 +171,24 @@ def test_cli_override_beats_config_file_and_errors_are_listed(tmp_path, capsys):
 
 def test_missing_weights_give_a_clear_message_not_a_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    for source in ("Qwen/Qwen3-0.6B", str(tmp_path / "no-such-folder")):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "qwen3_lora",
-                "train",
-                "--base-model",
-                source,
-                "--output-dir",
-                str(tmp_path / "o"),
-            ],
-            capture_output=True,
+    # Both at once: each is mostly a process start-up, one core's work.
+    command = [sys.executable, "-m", "qwen3_lora", "train", "--output-dir", str(tmp_path / "o")]
+    procs = [
+        subprocess.Popen(
+            [*command, "--base-model", source],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=env,
-            timeout=120,
         )
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert "huggingface-cli download Qwen/Qwen3-0.6B" in proc.stderr
-        assert "--base-model" in proc.stderr
+        for source in ("Qwen/Qwen3-0.6B", str(tmp_path / "no-such-folder"))
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, stderr
+        assert "Traceback" not in stderr
+        assert "huggingface-cli download Qwen/Qwen3-0.6B" in stderr
+        assert "--base-model" in stderr
 
 
 def test_unsupported_setups_fail_with_a_clear_message(tmp_path, tiny_model_dir, capsys):
