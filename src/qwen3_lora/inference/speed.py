@@ -35,7 +35,9 @@ It computes exactly what `nn.Linear` computes (tests/test_predict.py).
   both powers of two; it commutes with rounding) one GEMM does all three: it adds the scaled
   product of B to an fp32 copy of the base output (`addmm_`, beta = 1), which is cast back in
   place. BLAS completes the rank-r sum before it scales it and adds the output (tested against
-  PEFT), so the values are PEFT's. Any other scaling keeps PEFT's order, in place. A model
+  PEFT), so the values are PEFT's. Any other scaling keeps PEFT's order, in place. The rank-r
+  projection runs before the base layer's matmul rather than after it: that matmul streams the
+  layer's whole weight through the caches, and every op after it starts cold. A model
   has one such layer per target module and layer (196 in Qwen3-0.6B), each called at every
   forward. In any other state (adapters disabled for the base model, merged, several active, a
   LoRA variant, training) the layer runs PEFT's own forward.
@@ -154,20 +156,28 @@ def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     ):
         return type(self).forward(self, x, *args, **kwargs)
     name = active[0]
-    result = self.base_layer.forward(x)
     a = self.lora_A[name].weight
-    scaling = self.scaling[name]
     b = self.lora_B[name].weight
-    down = torch.nn.functional.linear(x.to(a.dtype), a)
+    scaling = self.scaling[name]
+    rows = x.reshape(-1, x.shape[-1])
+    # The rank-r projection goes before the base matmul, which streams the layer's whole weight
+    # through the caches: every small op after it starts cold, so the fewer that follow, the less
+    # the adapter costs.
+    down = torch.nn.functional.linear(rows.to(a.dtype), a)
+    result = self.base_layer.forward(rows)
     if not _is_power_of_two(scaling):
         # In place, the sum is computed in the promoted dtype and cast to the result's: PEFT's
         # `(result + lora).to(result.dtype)`.
-        return result.add_(torch.nn.functional.linear(down, b).mul_(scaling))
-    # BLAS sums B's product, scales it (alpha) and adds it to a copy of the result in the rank-r
-    # side's dtype (beta = 1): PEFT's three steps in one GEMM, with no tensor of the product alone.
-    total = result.to(down.dtype)
-    total.view(-1, total.shape[-1]).addmm_(down.view(-1, down.shape[-1]), b.t(), alpha=scaling)
-    return total if total is result else result.copy_(total)
+        result.add_(torch.nn.functional.linear(down, b).mul_(scaling))
+    else:
+        # BLAS sums B's product, scales it (alpha) and adds it to a copy of the result in the
+        # rank-r side's dtype (beta = 1): PEFT's three steps in one GEMM, with no tensor of the
+        # product alone.
+        total = result.to(down.dtype)
+        total.addmm_(down, b.t(), alpha=scaling)
+        if total is not result:
+            result.copy_(total)
+    return result.view(*x.shape[:-1], result.shape[-1])
 
 
 def _is_power_of_two(value: float) -> bool:
