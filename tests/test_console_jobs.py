@@ -18,7 +18,7 @@ from qwen3_lora.cli import build_parser
 from qwen3_lora.deploy.serve.console import Jobs, Workspace, fields
 from qwen3_lora.deploy.serve.console.fields import FieldsError, parse_job, train_form
 from qwen3_lora.deploy.serve.console.joblog import failure_reason
-from qwen3_lora.deploy.serve.console.jobs import JobError
+from qwen3_lora.deploy.serve.console.jobs import JobError, _group_has_live_member
 from qwen3_lora.deploy.serve.errors import ApiError
 from qwen3_lora.training.config import TrainConfig, build_config
 
@@ -236,6 +236,11 @@ def test_a_new_server_reattaches_to_a_running_job_or_marks_it_lost(workspace):
     old._procs.clear()  # the server goes away; its jobs run on in their own sessions
     os.killpg(procs[gone["id"]].pid, signal.SIGKILL)  # runner and command die without a word
     procs[gone["id"]].wait()
+    # The leader's wait returns before the kill has ended its child on a busy machine: the job
+    # is lost only once no process of its group runs.
+    wait_for(
+        lambda: not _group_has_live_member(procs[gone["id"]].pid), 10, what="the killed job's end"
+    )
     new = fake_jobs(workspace)
     assert new.get(job["id"])["status"] == "running"
     lost = new.get(gone["id"])
