@@ -183,12 +183,17 @@ def test_missing_weights_give_a_clear_message_not_a_traceback(tmp_path):
         )
         for source in ("Qwen/Qwen3-0.6B", str(tmp_path / "no-such-folder"))
     ]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 2, stderr
-        assert "Traceback" not in stderr
-        assert "huggingface-cli download Qwen/Qwen3-0.6B" in stderr
-        assert "--base-model" in stderr
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 2, stderr
+            assert "Traceback" not in stderr
+            assert "huggingface-cli download Qwen/Qwen3-0.6B" in stderr
+            assert "--base-model" in stderr
+    finally:  # a timeout or a failed assertion leaves no CLI running (as subprocess.run would)
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def test_unsupported_setups_fail_with_a_clear_message(tmp_path, tiny_model_dir, capsys):

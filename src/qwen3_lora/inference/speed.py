@@ -160,9 +160,7 @@ def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     b = self.lora_B[name].weight
     scaling = self.scaling[name]
     rows = x.reshape(-1, x.shape[-1])
-    # The rank-r projection goes before the base matmul, which streams the layer's whole weight
-    # through the caches: every small op after it starts cold, so the fewer that follow, the less
-    # the adapter costs.
+    # Before the base matmul, which leaves the caches cold (the module docstring).
     down = torch.nn.functional.linear(rows.to(a.dtype), a)
     result = self.base_layer.forward(rows)
     if not _is_power_of_two(scaling):
