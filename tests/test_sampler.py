@@ -36,10 +36,8 @@ def _longest_run_of_one_task(steps: list[list[int]], lengths: list[int]) -> int:
 
 def test_steps_keep_length_groups_but_not_their_order():
     lengths = _lengths()
-    torch.manual_seed(0)
-    grouped = list(LengthGroupedSampler(STEP, lengths=lengths))
-    torch.manual_seed(0)
-    ours = list(ShuffledLengthGroupedSampler(STEP, lengths=lengths))
+    grouped = list(LengthGroupedSampler(STEP, lengths=lengths, generator=_generator(0)))
+    ours = list(ShuffledLengthGroupedSampler(STEP, lengths=lengths, seed=0))
 
     assert sorted(ours) == list(range(len(lengths)))  # every sample once per epoch
     # The same steps (same samples, so the same padding) as transformers' sampler...
@@ -51,10 +49,27 @@ def test_steps_keep_length_groups_but_not_their_order():
     assert _longest_run_of_one_task(_steps(ours), lengths) <= swept // 2
 
 
-def test_the_order_follows_the_seed():
-    lengths = _lengths()
-    orders = []
-    for seed in (1, 1, 2):
-        torch.manual_seed(seed)
-        orders.append(list(ShuffledLengthGroupedSampler(STEP, lengths=lengths)))
-    assert orders[0] == orders[1] != orders[2]
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _order(seed: int, epoch: int) -> list[int]:
+    sampler = ShuffledLengthGroupedSampler(STEP, lengths=_lengths(), seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_the_order_follows_the_seed_and_the_epoch_alone():
+    torch.manual_seed(1)
+    first = _order(seed=1, epoch=1)
+    torch.manual_seed(2)  # torch's global generator elsewhere: a resumed run's, say
+    torch.rand(100)
+    assert _order(seed=1, epoch=1) == first
+    assert _order(seed=1, epoch=0) != first != _order(seed=2, epoch=1)
+    # One sampler across epochs gives each epoch's order, and again when an epoch is repeated.
+    sampler = ShuffledLengthGroupedSampler(STEP, lengths=_lengths(), seed=1)
+    seen = []
+    for epoch in (0, 1, 1):
+        sampler.set_epoch(epoch)
+        seen.append(list(sampler))
+    assert seen == [_order(seed=1, epoch=0), first, first]

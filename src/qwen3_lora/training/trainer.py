@@ -34,16 +34,28 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
     towards its own task: a model whose last steps were label steps answers a QA prompt with a
     label. Here the steps keep their length-grouped samples (little padding) but come in a random
     order, the longest one still first (an out-of-memory error shows at once).
+
+    Each epoch's order comes from (seed, epoch) alone, never from torch's global generator: a run
+    resumed inside a later epoch builds that epoch's order before the Trainer restores the
+    checkpoint's RNG state, so from the global generator it drew another order than the
+    uninterrupted run and trained on other samples. Every DDP rank draws the same order too.
     """
 
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # the Trainer calls this (through accelerate) before each epoch
+
     def __iter__(self):
-        indices = get_length_grouped_indices(
-            self.lengths, self.batch_size, generator=self.generator
-        )
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         steps = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         # A short last step stays last: anywhere else it would shift every later step's samples.
         tail = len(steps) - (len(steps[-1]) < self.batch_size)
-        order = (torch.randperm(max(tail - 1, 0), generator=self.generator) + 1).tolist()
+        order = (torch.randperm(max(tail - 1, 0), generator=generator) + 1).tolist()
         return iter([i for k in [0, *order, *range(tail, len(steps))] for i in steps[k]])
 
 
@@ -73,6 +85,7 @@ class LoraTrainer(Trainer):
         return ShuffledLengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
             lengths=[len(item["input_ids"]) for item in dataset],
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
