@@ -124,6 +124,12 @@ class TrainConfig:
     # cost (every step, every 4 and never, interleaved: the trim ablation in
     # benchmarks/results/LATEST.md).
     trim_every: int = _f(4, "with --trim-memory, optimizer steps between two trims")
+    # Eager steps ran no faster with it (the heap ablation in LATEST.md): they keep glibc's own.
+    reuse_heap: bool = _f(
+        True,
+        "on CPU with compiled layers, serve large tensors from freed heap memory instead of"
+        " fresh pages each step (glibc mallopt)",
+    )
     # Logging and checkpoints
     logging_steps: int = _f(1, "log loss/lr/tokens-per-second every N optimizer steps")
     save_steps: int = _f(0, "checkpoint every N steps (0: at the end of each epoch)")

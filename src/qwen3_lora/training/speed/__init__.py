@@ -5,7 +5,8 @@
 - `dropout`: LoRA dropout masks that are cheaper to draw on CPU than `nn.Dropout`'s;
 - `compiled`: the decoder layers compiled once with dynamic shapes, where a run is long enough
   to repay the compile;
-- `memory`: freed heap pages handed back to the OS every few optimizer steps on CPU.
+- `memory`: on CPU, large tensors reuse freed heap memory (compiled layers), and freed heap
+  pages go back to the OS every few optimizer steps.
 
 Each keeps the loss and every gradient equal to the plain path's (tests/test_speed_paths.py,
 tests/test_compiled.py); what each buys is measured in benchmarks/results/LATEST.md.
@@ -22,7 +23,7 @@ from transformers import TrainerCallback
 from .attention import choose_training_attention
 from .compiled import choose_compile, compile_decoder_layers, is_compiled
 from .dropout import use_packed_bits_dropout
-from .memory import TrimFreedMemory
+from .memory import ReuseFreedHeap, TrimFreedMemory
 
 __all__ = ["SpeedPaths", "is_compiled", "speed_up"]
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def speed_up(model, config, device: torch.device, *, train_flops: float, world_s
     else:
         log.info("decoder layers not compiled: %s", why)
     paths = SpeedPaths(attention, why)
+    if wanted and config.reuse_heap and device.type == "cpu" and (reuse := ReuseFreedHeap.create()):
+        paths.callbacks.append(reuse)
     if (
         config.trim_memory
         and device.type == "cpu"
