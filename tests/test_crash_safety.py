@@ -183,6 +183,12 @@ def uninterrupted(tmp_path_factory, tiny_model_dir, small_data) -> Path:
     return full
 
 
+def _logged_steps(out: Path) -> list[int]:
+    """The optimizer steps whose loss metrics.jsonl holds, in order."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "loss" in r]
+
+
 def _max_diff(got: dict, expected: dict) -> float:
     assert got.keys() == expected.keys()
     return max((got[k] - expected[k]).abs().max().item() for k in got)
@@ -201,8 +207,7 @@ def test_resume_inside_a_later_epoch_gives_the_uninterrupted_adapter(
     train(TrainConfig(**{**_options(tiny_model_dir, small_data, out), "resume": True}))
     got = load_file(out / "adapter_model.safetensors")
     assert _max_diff(got, load_file(uninterrupted / "adapter_model.safetensors")) == 0.0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [5, 6]
+    assert _logged_steps(out) == [5, 6]
 
 
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_adapter(
@@ -245,8 +250,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_adapter(
     # Bit for bit, as an uninterrupted rerun is: one optimizer step moves a weight by up to the
     # learning rate, so a tolerance would pass a resume that trained on the wrong samples.
     assert worst == 0.0, f"seed {seed}, exit codes {codes}: max |diff| {worst}"
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1)), seed
+    assert _logged_steps(out) == list(range(1, STEPS + 1)), seed
     assert not list(out.rglob(f"{TEMP_PREFIX}*")), "leftover temporary files"
     for checkpoint in checkpoints.iterdir():
         assert (checkpoint / COMPLETE_MARKER).is_file(), checkpoint

@@ -9,19 +9,28 @@ import logging
 
 from transformers import TrainerCallback
 
-# mallopt's parameters (malloc.h).
+# mallopt's parameters (malloc.h); it takes an int.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+C_INT_MAX = 2**31 - 1
 # Where glibc's dynamic thresholds end in a process that frees large blocks (64-bit): setting
 # either turns that adjustment off for good, so after training they are set to its end point.
 SETTLED_MMAP_THRESHOLD = 32 << 20
 log = logging.getLogger(__name__)
 
+_SIGNATURES = {
+    "mallopt": ([ctypes.c_int, ctypes.c_int], ctypes.c_int),
+    "malloc_trim": ([ctypes.c_size_t], ctypes.c_int),
+}
 
-def _libc():
+
+def _glibc(name: str):
+    """The C library's `name` with its signature, or None where it has none (not glibc)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        func = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
         return None
+    func.argtypes, func.restype = _SIGNATURES[name]
+    return func
 
 
 class ReuseFreedHeap(TrainerCallback):
@@ -45,14 +54,8 @@ class ReuseFreedHeap(TrainerCallback):
     @classmethod
     def create(cls) -> ReuseFreedHeap | None:
         """The callback, or None where the C library is not glibc (no mallopt, malloc_trim)."""
-        libc = _libc()
-        try:
-            mallopt, trim = libc.mallopt, libc.malloc_trim
-        except AttributeError:  # also libc None
-            return None
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-        return cls(mallopt, trim)
+        mallopt, trim = _glibc("mallopt"), _glibc("malloc_trim")
+        return cls(mallopt, trim) if mallopt and trim else None
 
     def _set(self, mmap_threshold: int, trim_threshold: int) -> bool:
         # mallopt returns 1 on success, 0 for a value it refuses (then nothing changed).
@@ -62,7 +65,7 @@ class ReuseFreedHeap(TrainerCallback):
         )
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not self._set(self.mmap_threshold, 2 * self.mmap_threshold - 1):
+        if not self._set(self.mmap_threshold, min(2 * self.mmap_threshold, C_INT_MAX)):
             log.info(
                 "glibc refused a %d-byte mmap threshold: heap reuse is off", self.mmap_threshold
             )
@@ -91,12 +94,8 @@ class TrimFreedMemory(TrainerCallback):
     @classmethod
     def create(cls, every: int) -> TrimFreedMemory | None:
         """The callback, or None where the C library has no malloc_trim (not glibc)."""
-        try:
-            trim = _libc().malloc_trim
-        except AttributeError:  # also libc None
-            return None
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-        return cls(trim, every)
+        trim = _glibc("malloc_trim")
+        return cls(trim, every) if trim else None
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
