@@ -7,6 +7,8 @@ import json
 import pytest
 from benchmark_run import run_benchmark
 
+from benchmarks.train_speed.figures import dtype_for, honest_figures, util_key
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[dict, str]:
@@ -20,6 +22,7 @@ def smoke(tmp_path_factory) -> tuple[dict, str]:
 def test_smoke_compares_both_pipelines_on_the_same_samples(smoke):
     report, _ = smoke
     spec, ours, subset = report["spec_style"], report["ours"], report["comparison_subset"]
+    peak = report["matmul_peak"]
     # Same samples, same steps: both trained every useful token of the subset once.
     assert spec["all_useful_tokens"] == ours["all_useful_tokens"] == subset["tokens"]
     # Spec-style pads every sample to 512; ours pads each batch to its longest sample only.
@@ -29,8 +32,36 @@ def test_smoke_compares_both_pipelines_on_the_same_samples(smoke):
     for figures in (spec, ours):
         assert figures["useful_tokens_per_s"] > 0 and figures["windows"] >= 2
         assert 0 < figures["peak_rss_gb"] < 24
-        assert figures["util_bf16"] > 0 and figures["util_fp32"] > 0
+        assert figures[util_key(peak)] > 0 and figures["util_fp32"] > 0
     assert report["speedup"]["pooled"] > 0
+    # Utilisation is against the peak of the dtype ours trained in, and says which.
+    assert peak["dtype"] == dtype_for(ours["result"]["precision"])
+    assert f"| FLOP utilisation vs {peak['dtype']} peak (4 x params" in smoke[1]
+
+
+def test_utilisation_takes_the_peak_of_the_training_dtype():
+    # Where bf16 is emulated, ours trains in fp32, and a figure against the slow bf16 peak
+    # would say nothing.
+    assert dtype_for("bf16") == "bf16" and dtype_for("fp32") == "fp32"
+    shape = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=1000,
+    )
+    model = {"shape": shape, "lora_params": 2048}
+    windows = [{"tokens": 100, "supervised": 20, "pairs": 3000, "seconds": 1.0}]
+    fp32 = honest_figures(
+        model, windows, 2.0, {"bf16_gflops": 1.0, "fp32_gflops": 4.0, "dtype": "fp32"}
+    )
+    assert "util_bf16_needed" not in fp32
+    assert fp32["util_fp32_needed"] == pytest.approx(fp32["flops_needed"]["total"] / 2.0 / 4e9)
+    # A result written before the peak recorded its dtype was measured against bf16.
+    old = honest_figures(model, windows, 2.0, {"bf16_gflops": 1.0, "fp32_gflops": 4.0})
+    assert old["util_bf16_needed"] == pytest.approx(4 * fp32["util_fp32_needed"])
 
 
 def test_smoke_measures_an_epoch_peaks_and_inference(smoke):
@@ -43,7 +74,8 @@ def test_smoke_measures_an_epoch_peaks_and_inference(smoke):
     inference = report["inference"]
     for key in ("score_ms_per_query", "generate_ms_per_query", "generate_tokens_per_s"):
         assert inference[f"{key}_b1"] > 0 and inference[f"{key}_b8"] > 0
-    assert set(report["targets"]) == {"speedup", "util_bf16", "peak_rss_gb", "three_epochs_min"}
+    util = util_key(report["matmul_peak"])
+    assert set(report["targets"]) == {"speedup", util, "peak_rss_gb", "three_epochs_min"}
     assert report["load_average_start"] and report["machine"]["torch"]
     assert report["mode"] == "smoke" and report["skipped_phases"] == []
     assert report["command"].startswith("python -m benchmarks.train_speed --smoke --out ")
@@ -128,9 +160,10 @@ def test_smoke_reports_honest_flops_and_inference_with_and_without_adapter(smoke
     ours = report["ours"]
     # The FLOPs the step needs are below the old count (no embedding matmul, LM head only
     # at supervised positions) on the same tokens.
-    assert ours["util_bf16_needed"] > 0 and ours["flops_needed"]["total"] > 0
+    needed = util_key(report["matmul_peak"], "_needed")
+    assert ours[needed] > 0 and ours["flops_needed"]["total"] > 0
     assert ours["supervised_targets"] <= ours["useful_tokens"]
-    assert ours["epoch"]["util_bf16_needed"] > 0
+    assert ours["epoch"][needed] > 0
     base, adapter = report["inference_base"], report["inference"]
     assert not base["adapter"] and adapter["adapter"]
     for key in ("score_ms_per_query_b1", "score_ms_per_query_b8", "generate_ms_per_query_b8"):

@@ -188,6 +188,7 @@ def _summarise(report: dict, bench: Run, workers: list, epoch: dict | None, peer
     peak = {
         "bf16_gflops": max(p["bf16_gflops"] for p in bench.peaks),
         "fp32_gflops": max(p["fp32_gflops"] for p in bench.peaks),
+        "dtype": figures.dtype_for(workers[1].done["result"]["precision"]),
     }
     report["matmul_peak"] = {**peak, "samples": bench.peaks, "how": "best of n^3 matmuls"}
     spec = figures.pipeline_figures(workers[0], report["model"], peak)

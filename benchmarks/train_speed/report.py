@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 
 from benchmarks.common import render_block, write_text
-from benchmarks.train_speed.figures import three_epochs, three_epochs_needed_util
+from benchmarks.train_speed.figures import (
+    peak_dtype,
+    three_epochs,
+    three_epochs_needed_util,
+    util_key,
+)
 from benchmarks.train_speed.tables import (
     inference_side_by_side,
     inference_table,
@@ -57,13 +62,12 @@ def _epoch_how(ours: dict) -> str:
 
 def _comparison_table(report: dict) -> list[str]:
     """(a) against (b): speed, epoch time, memory, utilisation."""
-    spec, ours = report["spec_style"], report["ours"]
+    spec, ours, peak = report["spec_style"], report["ours"], report["matmul_peak"]
+    dtype, util_name = peak_dtype(peak), util_key(peak)
     compiled = ours.get("epoch", {}).get("compiled", False)
     minutes, util = three_epochs(report)
     epoch_util = (
-        f" (epoch: {ours['epoch']['util_bf16']:.1%}; 3 epochs: {util:.1%})"
-        if "epoch" in ours
-        else ""
+        f" (epoch: {ours['epoch'][util_name]:.1%}; 3 epochs: {util:.1%})" if "epoch" in ours else ""
     )
     return [
         "| | (a) spec-style | (b) ours | (b)/(a) |",
@@ -92,39 +96,45 @@ def _comparison_table(report: dict) -> list[str]:
             f"{spec['peak_rss_gb'] / ours['peak_rss_gb']:.1f}x less",
         ),
         _row(
-            "FLOP utilisation vs bf16 peak (4 x params x useful tokens)",
-            f"{spec['util_bf16']:.1%}",
-            f"{ours['util_bf16']:.1%}" + epoch_util,
+            f"FLOP utilisation vs {dtype} peak (4 x params x useful tokens)",
+            f"{spec[util_name]:.1%}",
+            f"{ours[util_name]:.1%}" + epoch_util,
         ),
         *_needed_row(report),
-        _row(
-            "FLOP utilisation vs fp32 peak", f"{spec['util_fp32']:.1%}", f"{ours['util_fp32']:.1%}"
+        *(
+            [
+                _row(
+                    "FLOP utilisation vs fp32 peak",
+                    f"{spec['util_fp32']:.1%}",
+                    f"{ours['util_fp32']:.1%}",
+                )
+            ]
+            if dtype != "fp32"
+            else []
         ),
         _row(
             "same, without the embedding parameters",
-            f"{spec['util_bf16_nonembedding']:.1%} (bf16)",
-            f"{ours['util_bf16_nonembedding']:.1%} (bf16)",
+            f"{spec[util_key(peak, '_nonembedding')]:.1%} ({dtype})",
+            f"{ours[util_key(peak, '_nonembedding')]:.1%} ({dtype})",
         ),
     ]
 
 
 def _needed_row(report: dict) -> list[str]:
     """Utilisation from the FLOPs the step needs (runs from 2026-12 on measure it)."""
-    spec, ours = report["spec_style"], report["ours"]
-    if "util_bf16_needed" not in ours:
+    spec, ours, peak = report["spec_style"], report["ours"], report["matmul_peak"]
+    key = util_key(peak, "_needed")
+    if key not in ours:
         return []
     epoch = ours.get("epoch", {})
     more = ""
-    if "util_bf16_needed" in epoch:
-        more = (
-            f" (epoch: {epoch['util_bf16_needed']:.1%}; 3 epochs: "
-            f"{three_epochs_needed_util(report):.1%})"
-        )
+    if key in epoch:
+        more = f" (epoch: {epoch[key]:.1%}; 3 epochs: {three_epochs_needed_util(report):.1%})"
     return [
         _row(
-            "FLOP utilisation vs bf16 peak (FLOPs the step needs, below)",
-            f"{spec['util_bf16_needed']:.1%}",
-            f"{ours['util_bf16_needed']:.1%}" + more,
+            f"FLOP utilisation vs {peak_dtype(peak)} peak (FLOPs the step needs, below)",
+            f"{spec[key]:.1%}",
+            f"{ours[key]:.1%}" + more,
         )
     ]
 
@@ -144,13 +154,18 @@ FLOPS_NOTE = (
 def _comparison_note(report: dict) -> str:
     ours, subset = report["ours"], report["comparison_subset"]
     compiled = ours.get("epoch", {}).get("compiled", False)
+    weights = (
+        "fp32 weights and LoRA without autocast, what `auto` picks on a CPU without native bf16"
+        if ours["result"].get("precision") == "fp32"
+        else "bf16 frozen weights + fp32 LoRA under autocast"
+    )
     text = (
         f"(a) and (b) trained the same {subset['samples']} samples for the "
         f"same number of steps, in separate processes taking turns one micro-batch at a time "
         f"(first micro-batch of each excluded as warm-up; median of per-pair ratios "
         f"{report['speedup']['median_of_pairs']:.1f}x). (a): pad to {SPEC_MAX_LENGTH}, labels = "
         f"input ids, fp32 weights, plain Trainer. (b): `qwen3_lora.train.train` with "
-        f"`TrainConfig` defaults (bf16 frozen weights + fp32 LoRA under autocast, batch "
+        f"`TrainConfig` defaults ({weights}, batch "
         f"{report.get('ours_batching', '2 x 4')} accumulation, length-grouped, LM head only at "
         f"supervised positions; (a) uses the spec's {SPEC_BATCH_SIZE} x {SPEC_GRAD_ACCUM}: the "
         "same 8 samples per optimizer step)."
@@ -163,7 +178,7 @@ def _comparison_note(report: dict) -> str:
             f"{subset['samples']}-sample run is too short for auto to "
             "compile, so (b)'s interleaved figures are eager."
         )
-    if "util_bf16_needed" in ours:
+    if util_key(report["matmul_peak"], "_needed") in ours:
         text += "\n\n" + FLOPS_NOTE
     return text
 
@@ -174,7 +189,7 @@ def _targets_table(report: dict) -> list[str]:
         value = t["value"]
         shown = {
             "speedup": f"{value:.1f}x",
-            "util_bf16": f"{value:.1%}",
+            util_key(report["matmul_peak"]): f"{value:.1%}",
             "peak_rss_gb": f"{value:.2f} GB",
             "three_epochs_min": f"{value:.1f} min",
         }[name]
@@ -290,7 +305,8 @@ def _source_line(report: dict, path: Path) -> str:
         f"Run of {report['date'][:10]} (`{report['command']}`, "
         f"{report['seconds_total'] / 60:.1f} min in all; "
         f"[{path.name}](benchmarks/results/{path.name}), {made}): {m['cpu']}, {m['cores']} "
-        f"cores, bf16 matmul peak {peak['bf16_gflops']:.0f} GFLOP/s measured in the run; the "
+        f"cores, {peak_dtype(peak)} matmul peak {peak[peak_dtype(peak) + '_gflops']:.0f} GFLOP/s "
+        "measured in the run; the "
         f"whole {ds['samples']}-sample train split ({ds['tokens']} tokens) for the epoch, "
         f"{report['comparison_subset']['samples']} samples interleaved."
     )

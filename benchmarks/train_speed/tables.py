@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.train_speed.figures import supervised_check
+from benchmarks.train_speed.figures import peak_dtype, supervised_check, util_key
 
 
 def peers_table(report: dict) -> list[str]:
     """Phase 1b: ours against TRL's SFTTrainer variants, interleaved on the same samples."""
-    peers, subset = report["peers"], report["peer_subset"]
+    peers, subset, peak = report["peers"], report["peer_subset"], report["matmul_peak"]
     arms = peers["arms"]
+    needed = util_key(peak, "_needed")
     ours = arms["ours"]
     trl = next(f["result"] for k, f in arms.items() if k.startswith("trl"))
     versions = trl["versions"]
@@ -31,7 +32,8 @@ def peers_table(report: dict) -> list[str]:
             else ""
         ),
         "",
-        "| arm | useful tokens/s | ours / arm | bf16 util. (needed) | supervised targets | "
+        f"| arm | useful tokens/s | ours / arm | {peak_dtype(peak)} util. (needed) | "
+        "supervised targets | "
         "peak RSS | train loss |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -39,7 +41,7 @@ def peers_table(report: dict) -> list[str]:
         ratio = ours["useful_tokens_per_s"] / f["useful_tokens_per_s"]
         lines.append(
             f"| {name}{' (best TRL)' if name == peers['best_trl'] else ''} | "
-            f"{f['useful_tokens_per_s']:.1f} | {ratio:.2f}x | {f['util_bf16_needed']:.1%} | "
+            f"{f['useful_tokens_per_s']:.1f} | {ratio:.2f}x | {f[needed]:.1%} | "
             f"{f['all_supervised_targets']} | {f['peak_rss_gb']:.2f} GB | "
             f"{f['result']['final_loss']:.4f} |"
         )
@@ -62,7 +64,7 @@ def issue20_table(report: dict) -> list[str]:
         "vs_best_trl": lambda v: f"{v:.2f}x",
         "rss_vs_best_trl": lambda v: f"{v:.2f}x",
         "same_supervised": lambda v: f"{v:.1%}",
-        "util_bf16_needed": lambda v: f"{v:.1%}",
+        util_key(report["matmul_peak"], "_needed"): lambda v: f"{v:.1%}",
         "adapter_inference": lambda v: f"{v:.2f}x (worst)",
     }
     lines = ["| target (#20) | value | met |", "|---|---|---|"]
