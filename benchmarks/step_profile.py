@@ -11,8 +11,9 @@ padded to its longer one), through the training code itself (`train._lora_model`
 - the step's time split by kind of op: matmuls (`aten::mm`, `addmm`), attention (sdpa's
   kernels, or the plain attention's `bmm` and softmax), dropout masks (random numbers), and
   everything else (element-wise ops, norms, RoPE, copies, autograd bookkeeping);
-- the matmuls' own throughput (the profiler's FLOP count over their time) against a bf16 matmul
-  peak measured in the same run;
+- the matmuls' own throughput (the profiler's FLOP count over their time) against the matmul
+  peak, measured in the same run, of the dtype the step trains in (bf16, or fp32 on a CPU
+  without native bf16);
 - FLOP utilisation as `benchmarks.train_speed` counts it (4 x parameters x useful tokens), and the
   utilisation the step would reach if everything but the matmuls took no time at all;
 - a floor: the same micro-batches' frozen-weight matmuls (forward, LM head, input gradients) run
@@ -52,6 +53,7 @@ from benchmarks.common import (
     matmul_peak,
     write_result,
 )
+from benchmarks.train_speed.figures import dtype_for
 
 go_offline()
 
@@ -218,13 +220,17 @@ def run(args) -> dict:
     shares, ops, matmul_flops = _profile_shares(prof)
     profiled = sum(shares.values())
     floor_seconds, floor_flops = gemm_floor(model, batches)
-    peak = max(matmul_peak(torch.bfloat16, 2048, 2.0) for _ in range(2))
+    # Against the peak of the dtype the step trains in (fp32 where bf16 is emulated).
+    peak_dtype = dtype_for(precision.name)
+    torch_dtype = torch.bfloat16 if peak_dtype == "bf16" else torch.float32
+    peak = max(matmul_peak(torch_dtype, 2048, 2.0) for _ in range(2))
 
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     counted = 4 * report["model"]["params"] * tokens
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
         compiled=bool(args.compile),
+        precision=precision.name,
         warmup_seconds=warmup_seconds,
         micro_batches=len(batches),
         batch_size=int(batches[0]["input_ids"].shape[0]),
@@ -232,13 +238,16 @@ def run(args) -> dict:
         positions=sum(b["input_ids"].numel() for b in batches),
         seconds=seconds,
         tokens_per_s=tokens / seconds,
-        bf16_peak_gflops=peak,
+        peak_dtype=peak_dtype,
+        **{f"{peak_dtype}_peak_gflops": peak},
         shares={k: v / profiled for k, v in shares.items()},
         top_ops=[{"op": k, "share": s / profiled, "calls": n} for k, s, n in ops[:15]],
         matmul_gflops=matmul_flops / shares["matmul"] / 1e9,
         matmul_flops_vs_counted=matmul_flops / counted,
-        util_bf16=counted / seconds / (peak * 1e9),
-        util_bf16_if_only_matmuls=counted / matmul_s / (peak * 1e9),
+        **{
+            f"util_{peak_dtype}": counted / seconds / (peak * 1e9),
+            f"util_{peak_dtype}_if_only_matmuls": counted / matmul_s / (peak * 1e9),
+        },
         gemm_floor_seconds=floor_seconds,
         gemm_floor_gflops=floor_flops / floor_seconds / 1e9,
         gemm_floor_share_of_step=floor_seconds / seconds,
@@ -262,6 +271,8 @@ def floor_rows(r: dict) -> list[str]:
 
 
 def markdown(r: dict) -> str:
+    d = r.get("peak_dtype", "bf16")  # profiles before it was recorded were all bf16
+    peak = r[f"{d}_peak_gflops"]
     lines = [
         f"# Where a training step's time goes ({r['date'][:10]}, `python -m benchmarks.step_profile`)",
         "",
@@ -275,7 +286,7 @@ def markdown(r: dict) -> str:
             if r.get("compiled")
             else "; "
         )
-        + f"bf16 matmul peak {r['bf16_peak_gflops']:.0f} GFLOP/s. Load average "
+        + f"{d} matmul peak {peak:.0f} GFLOP/s. Load average "
         f"{r['load_average_start']} -> {r['load_average_end']}.",
         "",
         "| kind of op | share of the step |",
@@ -285,10 +296,10 @@ def markdown(r: dict) -> str:
         "| figure | value |",
         "|---|---|",
         f"| matmuls' own throughput | {r['matmul_gflops']:.0f} GFLOP/s "
-        f"({r['matmul_gflops'] / r['bf16_peak_gflops']:.1%} of peak) |",
+        f"({r['matmul_gflops'] / peak:.1%} of peak) |",
         f"| matmul FLOPs done / 4 x params x tokens | {r['matmul_flops_vs_counted']:.2f} |",
-        f"| FLOP utilisation (4 x params x tokens) | {r['util_bf16']:.1%} |",
-        f"| same if all but the matmuls took no time | {r['util_bf16_if_only_matmuls']:.1%} |",
+        f"| FLOP utilisation (4 x params x tokens) | {r[f'util_{d}']:.1%} |",
+        f"| same if all but the matmuls took no time | {r[f'util_{d}_if_only_matmuls']:.1%} |",
         *(floor_rows(r) if "gemm_floor_seconds" in r else []),
         "",
         "Top ops by own time: "

@@ -117,8 +117,10 @@ def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
     assert abs(sum(shares.values()) - 1) < 1e-9 and shares["matmul"] > 0
     # The default recipe has LoRA dropout: its masks are drawn, and show up as their own kind.
     assert shares["dropout masks"] > 0
-    assert report["matmul_gflops"] > 0 and report["bf16_peak_gflops"] > 0
-    assert 0 < report["util_bf16"] < report["util_bf16_if_only_matmuls"]
+    d = report["peak_dtype"]
+    assert d == dtype_for(report["precision"])
+    assert report["matmul_gflops"] > 0 and report[f"{d}_peak_gflops"] > 0
+    assert 0 < report[f"util_{d}"] < report[f"util_{d}_if_only_matmuls"]
     # The matmul floor is measured, and below the step that contains those matmuls.
     assert 0 < report["gemm_floor_seconds"] < report["seconds"]
     assert report["gemm_floor_gflops"] > 0 and report["split_tokens"] > report["useful_tokens"]
