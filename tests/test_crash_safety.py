@@ -41,6 +41,7 @@ from qwen3_lora.training.checkpoints import (
     trim_metrics,
 )
 from qwen3_lora.training.config import TrainConfig
+from qwen3_lora.training.speed.dropout import SEEDS_FILE, use_hash_dropout
 from qwen3_lora.training.train import train
 
 
@@ -208,6 +209,44 @@ def test_resume_inside_a_later_epoch_gives_the_uninterrupted_adapter(
     got = load_file(out / "adapter_model.safetensors")
     assert _max_diff(got, load_file(uninterrupted / "adapter_model.safetensors")) == 0.0
     assert _logged_steps(out) == [5, 6]
+
+
+def test_resume_draws_the_hash_dropout_masks_of_the_uninterrupted_run(
+    tmp_path, tiny_model_dir, small_data, monkeypatch, caplog
+):
+    # Compiled layers' dropout (`HashDropout`) draws its masks from per-layer seeds, not from
+    # torch's generator, whose state the checkpoint keeps: the checkpoint must keep the seeds.
+    # HashDropout runs eagerly too, the same masks without the compile.
+    monkeypatch.setattr("qwen3_lora.training.speed.use_packed_bits_dropout", use_hash_dropout)
+    options = {**_options(tiny_model_dir, small_data, tmp_path), "lora_dropout": 0.3}
+
+    def run(name: str, resume_at: int | None = None, keep_seeds: bool = True) -> dict:
+        out = tmp_path / name
+        if resume_at is not None:
+            checkpoint = f"checkpoints/checkpoint-{resume_at}"
+            shutil.copytree(tmp_path / "full" / checkpoint, out / checkpoint)
+            if not keep_seeds:  # a checkpoint from before the seeds were kept
+                (out / checkpoint / SEEDS_FILE).unlink()
+                marker = out / checkpoint / COMPLETE_MARKER
+                listed = json.loads(marker.read_text())
+                del listed["files"][SEEDS_FILE]
+                marker.write_text(json.dumps(listed))
+        train(
+            TrainConfig(
+                **{**options, "output_dir": str(out), "save_total_limit": None},
+                resume=resume_at is not None,
+            )
+        )
+        return load_file(out / "adapter_model.safetensors")
+
+    expected = run("full")
+    assert (tmp_path / "full" / "checkpoints" / "checkpoint-3" / SEEDS_FILE).is_file()
+    assert _max_diff(run("resumed", resume_at=3), expected) == 0.0
+    # Without the seeds the run goes on with other masks (and says so): the check can fail.
+    with caplog.at_level("WARNING", logger="qwen3_lora.training.speed.dropout"):
+        other = run("seedless", resume_at=3, keep_seeds=False)
+    assert _max_diff(other, expected) > 0
+    assert "holds no dropout seeds" in caplog.text
 
 
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_adapter(

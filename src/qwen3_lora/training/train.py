@@ -41,7 +41,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, TrainConfig
 from .outputs import CONFIG_FILE, METRICS_FILE, PROGRESS_FILE
-from .speed import SpeedPaths, is_compiled, speed_up
+from .speed import HashDropoutSeeds, SpeedPaths, is_compiled, speed_up
 from .trainer import ADAPTER_SAVE_OPTIONS, LoraTrainer, MetricsLogger, ProgressFile, TokenCounter
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
 
     main_process = args.process_index == 0
     resume_from = _resume_point(config, out, main_process)
+    seeds = HashDropoutSeeds.attach(model, resume_from)  # compiled layers' dropout
     tokens = TokenCounter()
     trainer = LoraTrainer(
         model=model,
@@ -322,7 +323,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         callbacks=[
             MetricsLogger(out / METRICS_FILE, tokens),
             *([ProgressFile(out / PROGRESS_FILE)] if main_process else []),
-            CheckpointMarker(),
+            *([seeds] if seeds else []),
+            CheckpointMarker(),  # after every callback that writes into a checkpoint
             *(callbacks or []),
             *speed.callbacks,
             *_logging_callbacks(config, out, main_process),

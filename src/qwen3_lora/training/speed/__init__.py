@@ -22,10 +22,10 @@ from transformers import TrainerCallback
 
 from .attention import choose_training_attention
 from .compiled import choose_compile, compile_decoder_layers, is_compiled
-from .dropout import use_packed_bits_dropout
+from .dropout import HashDropoutSeeds, use_packed_bits_dropout
 from .memory import ReuseFreedHeap, TrimFreedMemory
 
-__all__ = ["SpeedPaths", "is_compiled", "speed_up"]
+__all__ = ["HashDropoutSeeds", "SpeedPaths", "is_compiled", "speed_up"]
 log = logging.getLogger(__name__)
 
 

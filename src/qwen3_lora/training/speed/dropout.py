@@ -8,7 +8,14 @@ swapped in for PEFT's `nn.Dropout` by `use_packed_bits_dropout` / `use_hash_drop
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
 
 
 class PackedBitsDropout(torch.nn.Dropout):
@@ -73,8 +80,9 @@ class HashDropout(torch.nn.Dropout):
     into one vectorised loop and can recompute in backward instead of storing; its CPU code for
     torch's random numbers and for boolean tensors is several times slower. In eager mode it is
     slower than `PackedBitsDropout`: use it in compiled graphs. Not for gradient
-    checkpointing (a recomputed forward would draw the next call's mask). The counters are not
-    saved: after `--resume` the masks differ from an uninterrupted run's. Identity in eval mode.
+    checkpointing (a recomputed forward would draw the next call's mask). Checkpoints keep the
+    seeds (`HashDropoutSeeds`), so a resumed run draws the uninterrupted run's masks. Identity in
+    eval mode.
     """
 
     def __init__(self, p: float = 0.5):
@@ -125,3 +133,57 @@ def swap_lora_dropout(model: torch.nn.Module, kind: type[torch.nn.Dropout]) -> i
                 dropouts[name] = kind(dropout.p).to(device)
                 swapped += 1
     return swapped
+
+
+SEEDS_FILE = "hash_dropout_seeds.safetensors"
+
+
+class HashDropoutSeeds(TrainerCallback):
+    """Each checkpoint keeps every `HashDropout`'s seed, and a run resumed from it starts from
+    them: its masks are the uninterrupted run's. Made by `attach`; it must run before
+    `CheckpointMarker`, so that a checkpoint marked complete holds the seeds too."""
+
+    def __init__(self, dropouts: dict[str, HashDropout]):
+        self.dropouts = dropouts
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module, resume_from: Path | None) -> HashDropoutSeeds | None:
+        """The callback for a model with `HashDropout`s (None without), their seeds first set
+        to those of `resume_from`, the checkpoint a run resumes from."""
+        dropouts = {n: m for n, m in model.named_modules() if isinstance(m, HashDropout)}
+        if not dropouts:
+            return None
+        seeds = cls(dropouts)
+        if resume_from is not None:
+            seeds.restore(Path(resume_from))
+        return seeds
+
+    def restore(self, checkpoint: Path) -> None:
+        path = checkpoint / SEEDS_FILE
+        if not path.is_file():
+            # A checkpoint of a run that trained eagerly, or from before seeds were kept.
+            log.warning(
+                "%s holds no dropout seeds: the masks from here on differ from an "
+                "uninterrupted run's (same rate, other draws)",
+                checkpoint,
+            )
+            return
+        saved = load_file(path)
+        for name, dropout in self.dropouts.items():
+            if name in saved:
+                dropout.seed = saved[name].reshape(()).to(dropout.seed.device)
+        unmatched = len(self.dropouts.keys() ^ saved.keys())
+        if unmatched:
+            log.warning(
+                "%s: %d dropout seed(s) match no module of this model (or no seed was saved "
+                "for them); those layers draw masks other than the uninterrupted run's",
+                path,
+                unmatched,
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            seeds = {n: d.seed.detach().reshape(1).cpu() for n, d in self.dropouts.items()}
+            # In place: a kill mid-write leaves the checkpoint unmarked, and resume skips it.
+            save_file(seeds, str(folder / SEEDS_FILE))
