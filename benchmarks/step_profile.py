@@ -182,6 +182,7 @@ def run(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from qwen3_lora.training.loss import causal_lm_loss
+    from qwen3_lora.training.speed.memory import ReuseFreedHeap
 
     tokenizer, tokenizer_info = build_tokenizer(args.smoke)
     report: dict = {
@@ -206,6 +207,10 @@ def run(args) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
+    # As `train()` runs compiled layers: large tensors reuse freed heap memory (`speed.memory`).
+    reuse = ReuseFreedHeap.create() if args.compile and config.reuse_heap else None
+    if reuse:
+        reuse.on_train_begin(None, None, None)
     began = time.perf_counter()
     for batch in batches[:2]:
         step(batch)  # warm-up: first-call allocations and kernel selection (and the compile)
@@ -219,6 +224,8 @@ def run(args) -> dict:
             step(batch)
     shares, ops, matmul_flops = _profile_shares(prof)
     profiled = sum(shares.values())
+    if reuse:
+        reuse.on_train_end(None, None, None)
     floor_seconds, floor_flops = gemm_floor(model, batches)
     # Against the peak of the dtype the step trains in (fp32 where bf16 is emulated).
     peak_dtype = dtype_for(precision.name)
@@ -230,6 +237,7 @@ def run(args) -> dict:
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
         compiled=bool(args.compile),
+        reuse_heap=bool(reuse),
         precision=precision.name,
         warmup_seconds=warmup_seconds,
         micro_batches=len(batches),
@@ -282,7 +290,9 @@ def markdown(r: dict) -> str:
         f"built-in train split ({r['useful_tokens']} useful tokens in {r['positions']} positions), "
         f"forward + backward in {r['seconds']:.2f} s ({r['tokens_per_s']:.1f} useful tokens/s)"
         + (
-            f", decoder layers compiled (warm-up with the compile: {r['warmup_seconds']:.0f} s); "
+            f", decoder layers compiled (warm-up with the compile: {r['warmup_seconds']:.0f} s)"
+            + (", freed heap memory reused as in training" if r.get("reuse_heap") else "")
+            + "; "
             if r.get("compiled")
             else "; "
         )
