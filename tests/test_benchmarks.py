@@ -8,6 +8,7 @@ import pytest
 from benchmark_run import run_benchmark
 
 from benchmarks.train_speed.figures import dtype_for, honest_figures, util_key
+from qwen3_lora.models.tiny import ARCHITECTURES
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +44,7 @@ def test_utilisation_takes_the_peak_of_the_training_dtype():
     # Where bf16 is emulated, ours trains in fp32, and a figure against the slow bf16 peak
     # would say nothing.
     assert dtype_for("bf16") == "bf16" and dtype_for("fp32") == "fp32"
-    shape = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=1000,
-    )
+    shape = {**ARCHITECTURES["tiny"], "vocab_size": 1000}
     model = {"shape": shape, "lora_params": 2048}
     windows = [{"tokens": 100, "supervised": 20, "pairs": 3000, "seconds": 1.0}]
     fp32 = honest_figures(
