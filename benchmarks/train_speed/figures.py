@@ -39,8 +39,13 @@ def util_key(peak: dict, suffix: str = "") -> str:
     return f"util_{peak_dtype(peak)}{suffix}"
 
 
+def peak_gflops(peak: dict) -> float:
+    """The peak utilisation is measured against, in GFLOP/s."""
+    return peak[f"{peak_dtype(peak)}_gflops"]
+
+
 def _peak_flops(peak: dict) -> float:
-    return peak[f"{peak_dtype(peak)}_gflops"] * 1e9
+    return peak_gflops(peak) * 1e9
 
 
 def dataset_stats(tokenizer, records) -> dict:

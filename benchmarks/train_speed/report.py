@@ -9,6 +9,7 @@ from pathlib import Path
 from benchmarks.common import render_block, write_text
 from benchmarks.train_speed.figures import (
     peak_dtype,
+    peak_gflops,
     three_epochs,
     three_epochs_needed_util,
     util_key,
@@ -305,7 +306,7 @@ def _source_line(report: dict, path: Path) -> str:
         f"Run of {report['date'][:10]} (`{report['command']}`, "
         f"{report['seconds_total'] / 60:.1f} min in all; "
         f"[{path.name}](benchmarks/results/{path.name}), {made}): {m['cpu']}, {m['cores']} "
-        f"cores, {peak_dtype(peak)} matmul peak {peak[peak_dtype(peak) + '_gflops']:.0f} GFLOP/s "
+        f"cores, {peak_dtype(peak)} matmul peak {peak_gflops(peak):.0f} GFLOP/s "
         "measured in the run; the "
         f"whole {ds['samples']}-sample train split ({ds['tokens']} tokens) for the epoch, "
         f"{report['comparison_subset']['samples']} samples interleaved."
