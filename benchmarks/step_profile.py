@@ -16,9 +16,12 @@ padded to its longer one), through the training code itself (`train._lora_model`
   without native bf16);
 - FLOP utilisation as `benchmarks.train_speed` counts it (4 x parameters x useful tokens), and the
   utilisation the step would reach if everything but the matmuls took no time at all;
+- FLOP utilisation from the FLOPs the step needs (`benchmarks.flops`), beside the old count;
 - a floor: the same micro-batches' frozen-weight matmuls (forward, LM head, input gradients) run
   alone, back to back, without the profiler, and 3 epochs of the split at this floor: no
-  training step on this machine can be faster than its matmuls.
+  training step on this machine can be faster than its matmuls. The FLOPs the step needs over
+  the floor's time is thus a ceiling on its utilisation, here and at the other micro-batch sizes
+  of `--floor-sweep`: how high utilisation can go on this CPU at these row counts.
 
 The micro-batches are picked at evenly spaced points of the split's length distribution, so
 their mix of lengths is the epoch's. Timings come from a pass without the profiler; the shares
@@ -53,7 +56,9 @@ from benchmarks.common import (
     matmul_peak,
     write_result,
 )
+from benchmarks.flops import causal_pairs, lora_params, step_flops
 from benchmarks.train_speed.figures import dtype_for
+from benchmarks.train_speed.pacer import IGNORE_INDEX, sequence_lengths
 
 go_offline()
 
@@ -137,6 +142,35 @@ def gemm_floor(model, batches: list[dict]) -> tuple[float, float]:
     for plan in plans:
         run(plan)
     return time.perf_counter() - began, flops
+
+
+def needed_flops(shape: dict, batches: list[dict], lora: int) -> dict[str, int]:
+    """The FLOPs the micro-batches' steps need (`benchmarks.flops.step_flops`), by part."""
+    return step_flops(
+        shape,
+        tokens=sum(int(b["attention_mask"].sum()) for b in batches),
+        supervised=sum(int((b["labels"][..., 1:] != IGNORE_INDEX).sum()) for b in batches),
+        pairs=sum(causal_pairs(sequence_lengths(b)) for b in batches),
+        lora=lora,
+    )
+
+
+def floor_sweep(model, tokenizer, config, args, shape, lora, peak) -> list[dict]:
+    """The matmul floor, and the utilisation ceiling it sets, at each `--floor-sweep` size."""
+    sweep = []
+    for size in args.floor_sweep:
+        batches, _ = micro_batches(tokenizer, args.micro_batches, size, config.max_length)
+        seconds, flops = gemm_floor(model, batches)
+        needed = needed_flops(shape, batches, lora)["total"]
+        sweep.append(
+            {
+                "batch_size": size,
+                "mean_rows": sum(b["input_ids"].numel() for b in batches) / len(batches),
+                "gemm_floor_gflops": flops / seconds / 1e9,
+                "util_ceiling_needed": needed / seconds / (peak * 1e9),
+            }
+        )
+    return sweep
 
 
 def _training_model(args, tokenizer, report: dict):
@@ -234,6 +268,10 @@ def run(args) -> dict:
 
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     counted = 4 * report["model"]["params"] * tokens
+    shape = report["model"]["shape"]
+    lora = lora_params(shape, config.lora_r, config.target_modules)
+    needed = needed_flops(shape, batches, lora)
+    sweep = floor_sweep(model, tokenizer, config, args, shape, lora, peak)
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
         compiled=bool(args.compile),
@@ -255,7 +293,12 @@ def run(args) -> dict:
         **{
             f"util_{peak_dtype}": counted / seconds / (peak * 1e9),
             f"util_{peak_dtype}_if_only_matmuls": counted / matmul_s / (peak * 1e9),
+            f"util_{peak_dtype}_needed": needed["total"] / seconds / (peak * 1e9),
+            # No step of these micro-batches beats the floor: a bound on its utilisation.
+            f"util_{peak_dtype}_ceiling_needed": needed["total"] / floor_seconds / (peak * 1e9),
         },
+        flops_needed=needed,
+        floor_sweep=sweep,
         gemm_floor_seconds=floor_seconds,
         gemm_floor_gflops=floor_flops / floor_seconds / 1e9,
         gemm_floor_share_of_step=floor_seconds / seconds,
@@ -267,14 +310,40 @@ def run(args) -> dict:
     return report
 
 
-def floor_rows(r: dict) -> list[str]:
-    return [
+def floor_rows(r: dict, d: str) -> list[str]:
+    rows = [
         f"| the step's frozen-weight matmuls alone, back to back (floor) | "
         f"{r['gemm_floor_seconds']:.2f} s, {r['gemm_floor_share_of_step']:.0%} of the step, "
         f"{r['gemm_floor_gflops']:.0f} GFLOP/s |",
         f"| 3 epochs of the split ({r['split_tokens']} tokens): at this step's speed / "
         f"matmul floor | {r['three_epochs_minutes']:.1f} / "
         f"{r['three_epochs_gemm_floor_minutes']:.1f} min |",
+    ]
+    if f"util_{d}_ceiling_needed" in r:
+        rows.append(
+            "| utilisation ceiling: FLOPs the step needs / the floor's time | "
+            f"{r[f'util_{d}_ceiling_needed']:.1%} |"
+        )
+    return rows
+
+
+def sweep_table(r: dict, d: str) -> list[str]:
+    """The floor at other micro-batch sizes (profiles before the sweep have none)."""
+    if not r.get("floor_sweep"):
+        return []
+    return [
+        "",
+        f"The floor of {r['micro_batches']} micro-batches of each size (spread over the split's "
+        "lengths as the profiled ones), and the ceiling it sets on utilisation (FLOPs those steps "
+        f"need / the floor's time, vs the {d} peak):",
+        "",
+        "| samples per micro-batch | rows (mean) | floor GFLOP/s | utilisation ceiling |",
+        "|---|---|---|---|",
+        *(
+            f"| {s['batch_size']} | {s['mean_rows']:.0f} | {s['gemm_floor_gflops']:.0f} | "
+            f"{s['util_ceiling_needed']:.1%} |"
+            for s in r["floor_sweep"]
+        ),
     ]
 
 
@@ -310,7 +379,13 @@ def markdown(r: dict) -> str:
         f"| matmul FLOPs done / 4 x params x tokens | {r['matmul_flops_vs_counted']:.2f} |",
         f"| FLOP utilisation (4 x params x tokens) | {r[f'util_{d}']:.1%} |",
         f"| same if all but the matmuls took no time | {r[f'util_{d}_if_only_matmuls']:.1%} |",
-        *(floor_rows(r) if "gemm_floor_seconds" in r else []),
+        *(
+            [f"| FLOP utilisation (FLOPs the step needs) | {r[f'util_{d}_needed']:.1%} |"]
+            if f"util_{d}_needed" in r
+            else []
+        ),
+        *(floor_rows(r, d) if "gemm_floor_seconds" in r else []),
+        *sweep_table(r, d),
         "",
         "Top ops by own time: "
         + ", ".join(f"{o['op']} {o['share']:.1%}" for o in r["top_ops"][:8])
@@ -328,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--compile", action="store_true", help="compile the decoder layers (qwen3_lora.compiled)"
+    )
+    parser.add_argument(
+        "--floor-sweep",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[4, 8, 16],
+        metavar="N,N,...",
+        help="micro-batch sizes to time the matmul floor at (default 4,8,16; '' for none)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")

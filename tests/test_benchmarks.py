@@ -99,7 +99,7 @@ def test_a_partial_run_says_so_and_never_renders_the_published_tables(smoke, tmp
 
 
 def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
-    smoke_args = ["--smoke", "--threads", "1", "--micro-batches", "4"]
+    smoke_args = ["--smoke", "--threads", "1", "--micro-batches", "4", "--floor-sweep", "2,4"]
     proc = run_benchmark("step_profile", *smoke_args, "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-step-profile-smoke.json")
     report = json.loads(path.read_text("utf-8"))
@@ -118,7 +118,17 @@ def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
     assert 0 < report["gemm_floor_seconds"] < report["seconds"]
     assert report["gemm_floor_gflops"] > 0 and report["split_tokens"] > report["useful_tokens"]
     assert 0 < report["three_epochs_gemm_floor_minutes"] < report["three_epochs_minutes"]
+    # The FLOPs the step needs over the floor's time bound its utilisation from above.
+    assert 0 < report[f"util_{d}_needed"] < report[f"util_{d}_ceiling_needed"]
+    assert report["flops_needed"]["total"] == sum(
+        v for k, v in report["flops_needed"].items() if k != "total"
+    )
+    sweep = report["floor_sweep"]
+    assert [s["batch_size"] for s in sweep] == [2, 4]
+    assert sweep[0]["mean_rows"] < sweep[1]["mean_rows"]
+    assert all(s["gemm_floor_gflops"] > 0 and s["util_ceiling_needed"] > 0 for s in sweep)
     assert "| matmul |" in proc.stdout and "(floor)" in proc.stdout
+    assert "utilisation ceiling" in proc.stdout and "| samples per micro-batch |" in proc.stdout
 
 
 def test_smoke_compares_ours_with_trl_on_the_same_samples(smoke):
