@@ -155,8 +155,8 @@ def needed_flops(shape: dict, batches: list[dict], lora: int) -> dict[str, int]:
     )
 
 
-def floor_sweep(model, tokenizer, config, args, shape, lora, peak) -> list[dict]:
-    """The matmul floor, and the utilisation ceiling it sets, at each `--floor-sweep` size."""
+def floor_sweep(model, tokenizer, config, args, shape, lora) -> list[dict]:
+    """The matmul floor at each `--floor-sweep` size, with the FLOPs those steps need."""
     sweep = []
     for size in args.floor_sweep:
         batches, _ = micro_batches(tokenizer, args.micro_batches, size, config.max_length)
@@ -166,8 +166,9 @@ def floor_sweep(model, tokenizer, config, args, shape, lora, peak) -> list[dict]
             {
                 "batch_size": size,
                 "mean_rows": sum(b["input_ids"].numel() for b in batches) / len(batches),
+                "seconds": seconds,
                 "gemm_floor_gflops": flops / seconds / 1e9,
-                "util_ceiling_needed": needed / seconds / (peak * 1e9),
+                "needed_flops": needed,
             }
         )
     return sweep
@@ -234,6 +235,17 @@ def run(args) -> dict:
         tokenizer, args.micro_batches, args.batch_size or config.batch_size, config.max_length
     )
     dtype = precision.autocast_dtype
+    # The peak of the dtype the step trains in (fp32 where bf16 is emulated), sampled between
+    # the phases: one sample can catch the machine slowed by a neighbour, and every
+    # utilisation figure (the ceiling too) divides by it.
+    peak_dtype = dtype_for(precision.name)
+    torch_dtype = torch.bfloat16 if peak_dtype == "bf16" else torch.float32
+    peaks: list[float] = []
+
+    def sample_peak() -> None:
+        peaks.append(matmul_peak(torch_dtype, 2048, 0.2 if args.smoke else 2.0))
+
+    sample_peak()
 
     def step(batch):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -253,6 +265,7 @@ def run(args) -> dict:
     for batch in batches:
         step(batch)
     seconds = time.perf_counter() - began
+    sample_peak()
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for batch in batches:
             step(batch)
@@ -260,18 +273,20 @@ def run(args) -> dict:
     profiled = sum(shares.values())
     if reuse:
         reuse.on_train_end(None, None, None)
+    sample_peak()
     floor_seconds, floor_flops = gemm_floor(model, batches)
-    # Against the peak of the dtype the step trains in (fp32 where bf16 is emulated).
-    peak_dtype = dtype_for(precision.name)
-    torch_dtype = torch.bfloat16 if peak_dtype == "bf16" else torch.float32
-    peak = max(matmul_peak(torch_dtype, 2048, 2.0) for _ in range(2))
+    sample_peak()
 
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     counted = 4 * report["model"]["params"] * tokens
     shape = report["model"]["shape"]
     lora = lora_params(shape, config.lora_r, config.target_modules)
     needed = needed_flops(shape, batches, lora)
-    sweep = floor_sweep(model, tokenizer, config, args, shape, lora, peak)
+    sweep = floor_sweep(model, tokenizer, config, args, shape, lora)
+    sample_peak()
+    peak = max(peaks)
+    for entry in sweep:
+        entry["util_ceiling_needed"] = entry["needed_flops"] / entry["seconds"] / (peak * 1e9)
     matmul_s = shares["matmul"] / profiled * seconds
     report.update(
         compiled=bool(args.compile),
@@ -286,6 +301,7 @@ def run(args) -> dict:
         tokens_per_s=tokens / seconds,
         peak_dtype=peak_dtype,
         **{f"{peak_dtype}_peak_gflops": peak},
+        peak_samples_gflops=peaks,
         shares={k: v / profiled for k, v in shares.items()},
         top_ops=[{"op": k, "share": s / profiled, "calls": n} for k, s, n in ops[:15]],
         matmul_gflops=matmul_flops / shares["matmul"] / 1e9,
@@ -365,7 +381,14 @@ def markdown(r: dict) -> str:
             if r.get("compiled")
             else "; "
         )
-        + f"{d} matmul peak {peak:.0f} GFLOP/s. Load average "
+        + f"{d} matmul peak {peak:.0f} GFLOP/s"
+        + (
+            f" (best of {len(r['peak_samples_gflops'])} samples between the phases; the lowest "
+            f"{min(r['peak_samples_gflops']):.0f})"
+            if r.get("peak_samples_gflops")
+            else ""
+        )
+        + ". Load average "
         f"{r['load_average_start']} -> {r['load_average_end']}.",
         "",
         "| kind of op | share of the step |",

@@ -113,6 +113,9 @@ def test_step_profile_smoke_splits_the_step_by_kind_of_op(tmp_path):
     d = report["peak_dtype"]
     assert d == dtype_for(report["precision"])
     assert report["matmul_gflops"] > 0 and report[f"{d}_peak_gflops"] > 0
+    # The peak is the best of samples taken between the phases, not one moment's.
+    assert len(report["peak_samples_gflops"]) == 5
+    assert report[f"{d}_peak_gflops"] == max(report["peak_samples_gflops"])
     assert 0 < report[f"util_{d}"] < report[f"util_{d}_if_only_matmuls"]
     # The matmul floor is measured, and below the step that contains those matmuls.
     assert 0 < report["gemm_floor_seconds"] < report["seconds"]
