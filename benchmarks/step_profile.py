@@ -1,6 +1,6 @@
 """Where a training step's time goes, measured with torch.profiler.
 
-    python -m benchmarks.step_profile            # Qwen3-0.6B's shape, ~3 min on 2 cores
+    python -m benchmarks.step_profile            # Qwen3-0.6B's shape, ~5 min on 2 cores
     python -m benchmarks.step_profile --smoke    # tiny model + tiny tokenizer, seconds
 
 Runs forward + backward (no optimizer step) over micro-batches of the built-in train split,
@@ -417,6 +417,19 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sizes(text: str) -> list[int]:
+    """`--floor-sweep`'s value: comma-separated positive sample counts, or none at all."""
+    try:
+        found = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        found = [0]
+    if any(n < 1 for n in found):
+        raise argparse.ArgumentTypeError(
+            f"expected positive whole numbers separated by commas (such as 4,8,16), got {text!r}"
+        )
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny model + tokenizer (seconds)")
@@ -429,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--floor-sweep",
-        type=lambda text: [int(n) for n in text.split(",") if n],
+        type=sizes,
         default=[4, 8, 16],
         metavar="N,N,...",
         help="micro-batch sizes to time the matmul floor at (default 4,8,16; '' for none)",

@@ -250,3 +250,14 @@ def test_a_worker_killed_mid_run_is_reported_with_how_it_ended(tmp_path):
     worker.proc.join(30)
     with pytest.raises(RuntimeError, match=r"victim died, killed by SIGKILL .*out-of-memory"):
         worker.go()
+
+
+def test_floor_sweep_sizes_are_positive_counts_or_none():
+    import argparse
+
+    from benchmarks.step_profile import sizes
+
+    assert sizes("4,8,16") == [4, 8, 16] and sizes("") == []
+    for bad in ("4,x", "0", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive whole numbers"):
+            sizes(bad)
