@@ -58,7 +58,7 @@ from benchmarks.common import (
 )
 from benchmarks.flops import causal_pairs, lora_params, step_flops
 from benchmarks.train_speed.figures import dtype_for
-from benchmarks.train_speed.pacer import IGNORE_INDEX, sequence_lengths
+from benchmarks.train_speed.pacer import sequence_lengths, supervised_targets
 
 go_offline()
 
@@ -153,18 +153,19 @@ def needed_flops(shape: dict, batches: list[dict], lora: int) -> dict[str, int]:
     return step_flops(
         shape,
         tokens=sum(int(b["attention_mask"].sum()) for b in batches),
-        supervised=sum(int((b["labels"][..., 1:] != IGNORE_INDEX).sum()) for b in batches),
+        supervised=sum(supervised_targets(b["labels"]) for b in batches),
         pairs=sum(causal_pairs(sequence_lengths(b)) for b in batches),
         lora=lora,
     )
 
 
-def floor_sweep(model, tokenizer, config, args, shape, lora) -> list[dict]:
-    """The matmul floor at each `--floor-sweep` size, with the FLOPs those steps need."""
+def floor_sweep(model, tokenizer, config, args, shape, lora, measured: dict) -> list[dict]:
+    """The matmul floor at each `--floor-sweep` size, with the FLOPs those steps need;
+    `measured` holds floors already timed ({size: (seconds, FLOPs)}), of the same micro-batches."""
     sweep = []
     for size in args.floor_sweep:
         batches, _ = micro_batches(tokenizer, args.micro_batches, size, config.max_length)
-        seconds, flops = gemm_floor(model, batches)
+        seconds, flops = measured.get(size) or gemm_floor(model, batches)
         needed = needed_flops(shape, batches, lora)["total"]
         sweep.append(
             {
@@ -286,7 +287,9 @@ def run(args) -> dict:
     shape = report["model"]["shape"]
     lora = lora_params(shape, config.lora_r, config.target_modules)
     needed = needed_flops(shape, batches, lora)
-    sweep = floor_sweep(model, tokenizer, config, args, shape, lora)
+    # The run's own size is already timed: `micro_batches` picks the same ones again.
+    own = {int(batches[0]["input_ids"].shape[0]): (floor_seconds, floor_flops)}
+    sweep = floor_sweep(model, tokenizer, config, args, shape, lora, own)
     sample_peak()
     peak = max(peaks)
     for entry in sweep:

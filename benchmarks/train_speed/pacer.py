@@ -21,6 +21,11 @@ def since_start() -> float:
     return round(time.perf_counter() - _STARTED, 2)
 
 
+def supervised_targets(labels: torch.Tensor) -> int:
+    """Positions of a labelled batch whose next token is a target (labels shift by one)."""
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
+
+
 def sequence_lengths(kwargs: dict) -> list[int]:
     """Each sequence's non-pad length in a forward call: from the attention mask, from restarts
     of `position_ids` (padding-free batches: one flattened row, no mask), or whole rows."""
@@ -71,7 +76,7 @@ class Pacer(TrainerCallback):
         labels = kwargs.get("labels")
         if not self.supervised_by_ids:
             if labels is not None:
-                self.supervised += int((labels[..., 1:] != IGNORE_INDEX).sum())
+                self.supervised += supervised_targets(labels)
             return
         for i, row in enumerate(ids):
             key = tuple(row[mask[i].bool()].tolist() if mask is not None else row.tolist())
@@ -141,6 +146,4 @@ def supervised_lookup(tokenizer, records, max_length: int) -> dict[tuple, int]:
     from qwen3_lora.prompt.encoding import encode_records
 
     encoded, _ = encode_records(tokenizer, records, max_length)
-    return {
-        tuple(e.input_ids): int((torch.tensor(e.labels[1:]) != IGNORE_INDEX).sum()) for e in encoded
-    }
+    return {tuple(e.input_ids): supervised_targets(torch.tensor(e.labels)) for e in encoded}
