@@ -19,6 +19,7 @@ from qwen3_lora.training.speed.compiled import AUTO_MIN_FLOPS, choose_compile
 from qwen3_lora.training.speed.dropout import (
     HashDropout,
     PackedBitsDropout,
+    as_int32,
     hash32,
     use_hash_dropout,
 )
@@ -40,13 +41,39 @@ def _lowbias32(x: int) -> int:
     return x ^ (x >> 16)
 
 
-def test_hash32_equals_the_reference_over_the_whole_32_bit_range():
+def _words() -> list[int]:
     values = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, 123456789, 0xDEADBEEF]
-    values += torch.randint(
-        0, 1 << 32, (1000,), generator=torch.Generator().manual_seed(0)
-    ).tolist()
-    got = hash32(torch.tensor(values, dtype=torch.int64)).tolist()
-    assert got == [_lowbias32(v) for v in values]
+    # 1009 in all, a prime: vectorised loops run their scalar tail too.
+    return (
+        values
+        + torch.randint(0, 1 << 32, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    )
+
+
+def _hash_words(hash_fn, values: list[int]) -> list[int]:
+    words = torch.tensor([as_int32(v) for v in values], dtype=torch.int32)
+    return [v & 0xFFFFFFFF for v in hash_fn(words).tolist()]
+
+
+def test_hash32_equals_the_reference_over_the_whole_32_bit_range():
+    values = _words()
+    expected = [_lowbias32(v) for v in values]
+    assert _hash_words(hash32, values) == expected
+    # Inductor's C++ (vector loop and scalar tail) wraps the products as torch's kernels do.
+    assert _hash_words(torch.compile(hash32, fullgraph=True), values) == expected
+
+
+def test_hash_dropout_keeps_exactly_the_elements_its_definition_keeps():
+    # Element i of a call with seed s is kept when lowbias32(lowbias32(i) ^ s) >= round(p 2^32),
+    # compared as unsigned words; seeds on both sides of 2^31.
+    p = 0.3
+    threshold = round(p * 2**32)
+    for seed in (5, 0x9E3779B9):
+        drop = HashDropout(p).train()
+        drop.seed = torch.tensor(seed, dtype=torch.int64)
+        kept = (drop(torch.ones(7, 149)) != 0).flatten().tolist()
+        expected = [_lowbias32(_lowbias32(i) ^ seed) >= threshold for i in range(7 * 149)]
+        assert kept == expected
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
