@@ -53,9 +53,10 @@ def use_packed_bits_dropout(model: torch.nn.Module) -> int:
 _M32 = 0xFFFFFFFF
 
 
-def as_int32(word: int) -> int:
-    """The int32 whose two's complement bits are the 32-bit word `word` (in [0, 2^32))."""
-    return word - (1 << 32) if word >= 1 << 31 else word
+def as_int32(word):
+    """The int32 value whose two's complement bits are the 32-bit word `word` (in [0, 2^32)):
+    for a Python int or element-wise on an int64 tensor (cast it to int32 after)."""
+    return word - ((word >> 31) << 32)
 
 
 def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,7 +114,7 @@ class HashDropout(torch.nn.Dropout):
             )
         index = torch.arange(x.numel(), dtype=torch.int32, device=x.device).view(x.shape)
         # The seed, a word in [0, 2^32) kept in int64 (checkpoints hold it so), as int32 bits.
-        seed = (seed - ((seed >> 31) << 32)).to(torch.int32)
+        seed = as_int32(seed).to(torch.int32)
         threshold = round(self.p * (1 << 32))
         # h >= t on unsigned words is the signed comparison with both sign bits flipped.
         keep = (hash32(hash32(index) ^ seed) ^ as_int32(1 << 31)) >= as_int32(threshold ^ (1 << 31))
